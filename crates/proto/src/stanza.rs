@@ -1,0 +1,168 @@
+//! Stanza envelope helpers: the few attributes routing looks at (name,
+//! `to`, `from`, `type`, `id`) and constructors for replies and errors.
+//! Payloads stay inside the element untouched unless a module reads them.
+
+use crate::error::{stanza_error_element, StanzaErrorCondition};
+use crate::ns;
+use jid::Jid;
+use minidom::Element;
+use rxml::{Namespace, NcName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StanzaKind {
+    Message,
+    Presence,
+    Iq,
+}
+
+impl StanzaKind {
+    /// Classifies a top-level element; `None` when it is not a stanza in the
+    /// given content namespace.
+    pub fn of(el: &Element, content_ns: &str) -> Option<StanzaKind> {
+        if !el.has_ns(content_ns) {
+            return None;
+        }
+        match el.name() {
+            "message" => Some(StanzaKind::Message),
+            "presence" => Some(StanzaKind::Presence),
+            "iq" => Some(StanzaKind::Iq),
+            _ => None,
+        }
+    }
+}
+
+/// Makes an attribute name from a literal known to be a valid NCName.
+pub fn name(n: &'static str) -> NcName {
+    NcName::try_from(n).expect("attribute names in this crate are valid NCNames")
+}
+
+/// Sets (or replaces) an unqualified attribute.
+pub fn set_attr(el: &mut Element, attr: &'static str, value: impl Into<String>) {
+    el.set_attr(Namespace::NONE, name(attr), value.into());
+}
+
+/// Removes an unqualified attribute if present.
+pub fn remove_attr(el: &mut Element, attr: &'static str) {
+    el.attrs_mut().remove(&Namespace::NONE, &name(attr));
+}
+
+/// Builds `<name xmlns=ns>` with the given unqualified attributes.
+pub fn element(el_name: &str, el_ns: &str, attrs: &[(&'static str, &str)]) -> Element {
+    let mut el = Element::bare(el_name, el_ns);
+    for (k, v) in attrs {
+        set_attr(&mut el, k, *v);
+    }
+    el
+}
+
+/// Builds an element holding only text.
+pub fn text_element(el_name: &str, el_ns: &str, text: &str) -> Element {
+    let mut el = Element::bare(el_name, el_ns);
+    el.append_text(text);
+    el
+}
+
+pub fn to(el: &Element) -> Option<&str> {
+    el.attr("to")
+}
+
+pub fn from(el: &Element) -> Option<&str> {
+    el.attr("from")
+}
+
+pub fn stanza_type(el: &Element) -> Option<&str> {
+    el.attr("type")
+}
+
+pub fn id(el: &Element) -> Option<&str> {
+    el.attr("id")
+}
+
+/// Parses the `to` attribute. `Err` when present but not a valid JID.
+pub fn to_jid(el: &Element) -> Result<Option<Jid>, jid::Error> {
+    to(el).map(Jid::new).transpose()
+}
+
+/// An `iq` of type `result` answering `req`, optionally with a payload.
+pub fn iq_result(req: &Element, payload: Option<Element>) -> Element {
+    let mut iq = Element::bare("iq", ns::CLIENT);
+    set_attr(&mut iq, "type", "result");
+    if let Some(id) = id(req) {
+        set_attr(&mut iq, "id", id);
+    }
+    if let Some(f) = from(req) {
+        set_attr(&mut iq, "to", f);
+    }
+    if let Some(t) = to(req) {
+        set_attr(&mut iq, "from", t);
+    }
+    if let Some(p) = payload {
+        iq.append_child(p);
+    }
+    iq
+}
+
+/// The error reply RFC 6120 8.3.1 describes: same name and id, `to` and
+/// `from` swapped, type `error`, the original payload kept for context.
+pub fn error_reply(req: &Element, cond: StanzaErrorCondition, text: Option<&str>) -> Element {
+    let mut reply = Element::bare(req.name(), ns::CLIENT);
+    set_attr(&mut reply, "type", "error");
+    if let Some(id) = id(req) {
+        set_attr(&mut reply, "id", id);
+    }
+    if let Some(f) = from(req) {
+        set_attr(&mut reply, "to", f);
+    }
+    if let Some(t) = to(req) {
+        set_attr(&mut reply, "from", t);
+    }
+    for child in req.children() {
+        if !child.is("error", ns::CLIENT) {
+            reply.append_child(child.clone());
+        }
+    }
+    reply.append_child(stanza_error_element(cond, text));
+    reply
+}
+
+/// Serialises an element as a string for writing on a stream.
+pub fn to_string(el: &Element) -> String {
+    String::from_utf8(to_bytes(el)).unwrap_or_default()
+}
+
+/// Serialises an element for writing on a stream.
+pub fn to_bytes(el: &Element) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail for elements that were parsed or built
+    // from valid names; an error here would mean a bug in minidom.
+    if el.write_to(&mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reply_swaps_addresses_and_keeps_id() {
+        let req = element(
+            "iq",
+            ns::CLIENT,
+            &[("to", "x@localhost"), ("from", "a@localhost/r"), ("id", "7"), ("type", "get")],
+        );
+        let err = error_reply(&req, StanzaErrorCondition::ServiceUnavailable, None);
+        assert_eq!(to(&err), Some("a@localhost/r"));
+        assert_eq!(from(&err), Some("x@localhost"));
+        assert_eq!(id(&err), Some("7"));
+        assert_eq!(stanza_type(&err), Some("error"));
+    }
+
+    #[test]
+    fn classify() {
+        let m = element("message", ns::CLIENT, &[]);
+        assert_eq!(StanzaKind::of(&m, ns::CLIENT), Some(StanzaKind::Message));
+        assert_eq!(StanzaKind::of(&m, ns::COMPONENT_ACCEPT), None);
+    }
+}
