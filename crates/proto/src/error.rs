@@ -167,7 +167,11 @@ impl StanzaErrorCondition {
         use StanzaErrorCondition::*;
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
-            Conflict | FeatureNotImplemented | ItemNotFound | NotAllowed | RemoteServerNotFound
+            Conflict
+            | FeatureNotImplemented
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
             | ServiceUnavailable => "cancel",
             Forbidden | NotAuthorized => "auth",
             InternalServerError => "cancel",

@@ -9,9 +9,9 @@
 pub mod error;
 pub mod negotiation;
 pub mod ns;
+pub mod routing;
 pub mod sasl;
 pub mod scram;
-pub mod routing;
 pub mod stanza;
 pub mod subscription;
 pub mod xml;

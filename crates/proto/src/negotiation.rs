@@ -64,11 +64,15 @@ pub enum Action {
     /// Fetch the stored credentials of this local part.
     LookupCredentials(String),
     /// A SASL attempt failed; the caller may delay before going on.
-    AuthFailed { authcid: Option<String> },
+    AuthFailed {
+        authcid: Option<String>,
+    },
     Authenticated(BareJid),
     /// Pick a resource (the client's or a generated one) and answer with
     /// `Input::Bound`.
-    Bind { requested: Option<String> },
+    Bind {
+        requested: Option<String>,
+    },
     /// Resource bound: the session is live.
     SessionStarted(FullJid),
     /// A stanza from the bound client, `from` stamped, ready to route.
@@ -88,10 +92,18 @@ enum Phase {
     Negotiating,
     AwaitTls,
     /// `<auth/>` came without initial response; a `<response/>` carries it.
-    SaslAwaitInitial { mechanism: String },
-    SaslLookup { mechanism: String, authcid: String, data: Vec<u8> },
+    SaslAwaitInitial {
+        mechanism: String,
+    },
+    SaslLookup {
+        mechanism: String,
+        authcid: String,
+        data: Vec<u8>,
+    },
     Sasl(Box<SaslExchange>),
-    BindPending { iq_id: String },
+    BindPending {
+        iq_id: String,
+    },
     Established,
     Closed,
 }
@@ -197,14 +209,23 @@ impl C2sNegotiator {
         if let Some(to) = &h.to {
             if !to.eq_ignore_ascii_case(&self.settings.domain) {
                 return self.fail(
-                    StreamError::with_text(StreamErrorCondition::HostUnknown, "this server does not serve that domain"),
+                    StreamError::with_text(
+                        StreamErrorCondition::HostUnknown,
+                        "this server does not serve that domain",
+                    ),
                     out,
                 );
             }
         }
-        let major = h.version.as_deref().and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        let major = h
+            .version
+            .as_deref()
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
         if major != Some(1) {
-            return self.fail(StreamError::new(StreamErrorCondition::UnsupportedVersion), out);
+            return self.fail(
+                StreamError::new(StreamErrorCondition::UnsupportedVersion),
+                out,
+            );
         }
         out.push(Action::Write(self.features()));
         self.phase = Phase::Negotiating;
@@ -255,7 +276,10 @@ impl C2sNegotiator {
             // Pipelined data while a lookup or the TLS upgrade is pending is
             // a protocol violation: the client must wait for our answer.
             _ => self.fail(
-                StreamError::with_text(StreamErrorCondition::PolicyViolation, "element sent before the server answered"),
+                StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "element sent before the server answered",
+                ),
                 out,
             ),
         }
@@ -321,7 +345,10 @@ impl C2sNegotiator {
                 out,
             );
         }
-        self.fail(StreamError::new(StreamErrorCondition::UnsupportedStanzaType), out)
+        self.fail(
+            StreamError::new(StreamErrorCondition::UnsupportedStanzaType),
+            out,
+        )
     }
 
     fn sasl_initial(&mut self, mechanism: String, data: Vec<u8>, out: &mut Vec<Action>) {
@@ -356,7 +383,13 @@ impl C2sNegotiator {
         else {
             return;
         };
-        match SaslExchange::start(&mechanism, &self.link, &self.settings.domain, &authcid, creds) {
+        match SaslExchange::start(
+            &mechanism,
+            &self.link,
+            &self.settings.domain,
+            &authcid,
+            creds,
+        ) {
             Err(f) => self.sasl_failure(Some(authcid), f, out),
             Ok(mut ex) => {
                 let step = ex.step(&data);
@@ -365,7 +398,12 @@ impl C2sNegotiator {
         }
     }
 
-    fn on_sasl_step(&mut self, step: SaslStep, ex: Option<Box<SaslExchange>>, out: &mut Vec<Action>) {
+    fn on_sasl_step(
+        &mut self,
+        step: SaslStep,
+        ex: Option<Box<SaslExchange>>,
+        out: &mut Vec<Action>,
+    ) {
         match step {
             SaslStep::Challenge(data) => {
                 out.push(Action::Write(format!(
@@ -381,13 +419,18 @@ impl C2sNegotiator {
                 authcid,
                 additional_data,
             } => {
-                let Ok(user) = BareJid::new(&format!("{}@{}", authcid, self.settings.domain)) else {
+                let Ok(user) = BareJid::new(&format!("{}@{}", authcid, self.settings.domain))
+                else {
                     return self.sasl_failure(Some(authcid), SaslFailure::NotAuthorized, out);
                 };
                 let body = additional_data
                     .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
                     .unwrap_or_default();
-                out.push(Action::Write(format!("<success xmlns='{}'>{}</success>", ns::SASL, body)));
+                out.push(Action::Write(format!(
+                    "<success xmlns='{}'>{}</success>",
+                    ns::SASL,
+                    body
+                )));
                 out.push(Action::Authenticated(user.clone()));
                 out.push(Action::ResetFramer);
                 self.user = Some(user);
@@ -398,9 +441,17 @@ impl C2sNegotiator {
         }
     }
 
-    fn sasl_failure(&mut self, authcid: Option<String>, failure: SaslFailure, out: &mut Vec<Action>) {
+    fn sasl_failure(
+        &mut self,
+        authcid: Option<String>,
+        failure: SaslFailure,
+        out: &mut Vec<Action>,
+    ) {
         self.phase = Phase::Negotiating;
-        let counts = matches!(failure, SaslFailure::NotAuthorized | SaslFailure::MalformedRequest);
+        let counts = matches!(
+            failure,
+            SaslFailure::NotAuthorized | SaslFailure::MalformedRequest
+        );
         if counts {
             self.auth_failures += 1;
             out.push(Action::AuthFailed { authcid });
@@ -412,7 +463,10 @@ impl C2sNegotiator {
         )));
         if counts && self.auth_failures >= self.settings.max_auth_failures {
             self.fail(
-                StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many failed authentication attempts"),
+                StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                ),
                 out,
             );
         }
@@ -436,15 +490,22 @@ impl C2sNegotiator {
         }
         if StanzaKind::of(&el, ns::CLIENT).is_some() {
             return self.fail(
-                StreamError::with_text(StreamErrorCondition::NotAuthorized, "bind a resource first"),
+                StreamError::with_text(
+                    StreamErrorCondition::NotAuthorized,
+                    "bind a resource first",
+                ),
                 out,
             );
         }
-        self.fail(StreamError::new(StreamErrorCondition::UnsupportedStanzaType), out)
+        self.fail(
+            StreamError::new(StreamErrorCondition::UnsupportedStanzaType),
+            out,
+        )
     }
 
     fn on_bound(&mut self, result: Result<FullJid, BindError>, out: &mut Vec<Action>) {
-        let Phase::BindPending { iq_id } = std::mem::replace(&mut self.phase, Phase::Negotiating) else {
+        let Phase::BindPending { iq_id } = std::mem::replace(&mut self.phase, Phase::Negotiating)
+        else {
             return;
         };
         let mut req = stanza::element("iq", ns::CLIENT, &[("type", "set"), ("id", &iq_id)]);
@@ -453,11 +514,8 @@ impl C2sNegotiator {
             Ok(full) => {
                 let mut bind = Element::bare("bind", ns::BIND);
                 bind.append_child(stanza::text_element("jid", ns::BIND, &full.to_string()));
-                let reply = stanza::element(
-                    "iq",
-                    ns::CLIENT,
-                    &[("type", "result"), ("id", &iq_id)],
-                );
+                let reply =
+                    stanza::element("iq", ns::CLIENT, &[("type", "result"), ("id", &iq_id)]);
                 let mut reply = reply;
                 reply.append_child(bind);
                 out.push(Action::Write(stanza::to_string(&reply)));
@@ -471,13 +529,17 @@ impl C2sNegotiator {
                     BindError::ResourceConstraint => StanzaErrorCondition::ResourceConstraint,
                     BindError::BadRequest => StanzaErrorCondition::BadRequest,
                 };
-                out.push(Action::Write(stanza::to_string(&stanza::error_reply(&req, cond, None))));
+                out.push(Action::Write(stanza::to_string(&stanza::error_reply(
+                    &req, cond, None,
+                ))));
             }
         }
     }
 
     fn on_stanza(&mut self, mut el: Element, out: &mut Vec<Action>) {
-        let Some(full) = self.bound.clone() else { return };
+        let Some(full) = self.bound.clone() else {
+            return;
+        };
         let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
             let cond = if matches!(el.name(), "message" | "presence" | "iq") {
                 StreamErrorCondition::InvalidNamespace
@@ -496,7 +558,10 @@ impl C2sNegotiator {
             };
             if !matches {
                 return self.fail(
-                    StreamError::with_text(StreamErrorCondition::InvalidFrom, "from does not match the bound JID"),
+                    StreamError::with_text(
+                        StreamErrorCondition::InvalidFrom,
+                        "from does not match the bound JID",
+                    ),
                     out,
                 );
             }
@@ -519,7 +584,9 @@ impl C2sNegotiator {
             && stanza::to(&el).is_none()
             && el.has_child("session", ns::SESSION)
         {
-            out.push(Action::Write(stanza::to_string(&stanza::iq_result(&el, None))));
+            out.push(Action::Write(stanza::to_string(&stanza::iq_result(
+                &el, None,
+            ))));
             return;
         }
         out.push(Action::Stanza(el));

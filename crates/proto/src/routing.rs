@@ -53,7 +53,9 @@ pub fn to_bare(t: MessageType, sessions: &[ResourceView<'_>]) -> Disposition {
         MessageType::Error => Disposition::Drop,
         MessageType::Groupchat => Disposition::Error(StanzaErrorCondition::ServiceUnavailable),
         MessageType::Headline => {
-            let all: Vec<usize> = (0..sessions.len()).filter(|&i| eligible(&sessions[i])).collect();
+            let all: Vec<usize> = (0..sessions.len())
+                .filter(|&i| eligible(&sessions[i]))
+                .collect();
             if all.is_empty() {
                 Disposition::Drop
             } else {
@@ -61,7 +63,11 @@ pub fn to_bare(t: MessageType, sessions: &[ResourceView<'_>]) -> Disposition {
             }
         }
         MessageType::Normal | MessageType::Chat => {
-            let best = sessions.iter().filter(|s| eligible(s)).map(|s| s.priority).max();
+            let best = sessions
+                .iter()
+                .filter(|s| eligible(s))
+                .map(|s| s.priority)
+                .max();
             match best {
                 None => Disposition::Offline,
                 Some(p) => Disposition::Deliver(
@@ -91,13 +97,25 @@ mod tests {
     use super::*;
 
     fn r(resource: &str, available: bool, priority: i8) -> ResourceView<'_> {
-        ResourceView { resource, available, priority }
+        ResourceView {
+            resource,
+            available,
+            priority,
+        }
     }
 
     #[test]
     fn chat_to_bare_goes_to_highest_priority_resources() {
-        let s = [r("a", true, 1), r("b", true, 5), r("c", true, 5), r("d", false, 9)];
-        assert_eq!(to_bare(MessageType::Chat, &s), Disposition::Deliver(vec![1, 2]));
+        let s = [
+            r("a", true, 1),
+            r("b", true, 5),
+            r("c", true, 5),
+            r("d", false, 9),
+        ];
+        assert_eq!(
+            to_bare(MessageType::Chat, &s),
+            Disposition::Deliver(vec![1, 2])
+        );
     }
 
     #[test]
@@ -110,7 +128,10 @@ mod tests {
     #[test]
     fn headline_to_bare_goes_to_all_or_nowhere() {
         let s = [r("a", true, 0), r("b", true, 2)];
-        assert_eq!(to_bare(MessageType::Headline, &s), Disposition::Deliver(vec![0, 1]));
+        assert_eq!(
+            to_bare(MessageType::Headline, &s),
+            Disposition::Deliver(vec![0, 1])
+        );
         assert_eq!(to_bare(MessageType::Headline, &[]), Disposition::Drop);
     }
 
@@ -120,19 +141,28 @@ mod tests {
             to_bare(MessageType::Groupchat, &[r("a", true, 0)]),
             Disposition::Error(StanzaErrorCondition::ServiceUnavailable)
         );
-        assert_eq!(to_bare(MessageType::Error, &[r("a", true, 0)]), Disposition::Drop);
+        assert_eq!(
+            to_bare(MessageType::Error, &[r("a", true, 0)]),
+            Disposition::Drop
+        );
     }
 
     #[test]
     fn full_jid_exact_match_even_if_unavailable() {
         let s = [r("a", false, 0), r("b", true, 0)];
-        assert_eq!(to_full(MessageType::Chat, "a", &s), Disposition::Deliver(vec![0]));
+        assert_eq!(
+            to_full(MessageType::Chat, "a", &s),
+            Disposition::Deliver(vec![0])
+        );
     }
 
     #[test]
     fn full_jid_without_session_falls_back_per_type() {
         let s = [r("b", true, 0)];
-        assert_eq!(to_full(MessageType::Chat, "x", &s), Disposition::Deliver(vec![0]));
+        assert_eq!(
+            to_full(MessageType::Chat, "x", &s),
+            Disposition::Deliver(vec![0])
+        );
         assert_eq!(to_full(MessageType::Normal, "x", &[]), Disposition::Offline);
         assert_eq!(to_full(MessageType::Headline, "x", &s), Disposition::Drop);
         assert_eq!(

@@ -81,7 +81,10 @@ impl LinkSecurity {
     /// Mechanism names for `<mechanisms/>`, strongest first. PLAIN is only
     /// ever offered over TLS.
     pub fn mechanisms(&self) -> Vec<&'static str> {
-        self.registry().iter().map(|m| m.mechanism.as_str()).collect()
+        self.registry()
+            .iter()
+            .map(|m| m.mechanism.as_str())
+            .collect()
     }
 }
 
@@ -239,7 +242,8 @@ impl SaslExchange {
             config,
             ExporterBinding(link.tls_exporter.clone()),
         );
-        let name = Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
+        let name =
+            Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
         let session = server
             .start_suggested(name)
             .map_err(|_| SaslFailure::InvalidMechanism)?;
@@ -251,17 +255,22 @@ impl SaslExchange {
         let mut out = Vec::new();
         // rsasl 2.3.1 panics on some truncated SCRAM messages instead of
         // returning an error; a peer must not be able to crash its task.
-        let result = catch_unwind(AssertUnwindSafe(|| self.session.step(Some(input), &mut out)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.session.step(Some(input), &mut out)
+        }));
         match result {
             Ok(Ok(State::Running)) => SaslStep::Challenge(out),
             Ok(Ok(State::Finished(sent))) => match self.session.validation() {
                 Some(Some(authcid)) => SaslStep::Success {
                     authcid,
-                    additional_data: matches!(sent, rsasl::prelude::MessageSent::Yes).then_some(out),
+                    additional_data: matches!(sent, rsasl::prelude::MessageSent::Yes)
+                        .then_some(out),
                 },
                 _ => SaslStep::Failure(SaslFailure::NotAuthorized),
             },
-            Ok(Err(e)) if e.is_mechanism_error() => SaslStep::Failure(SaslFailure::MalformedRequest),
+            Ok(Err(e)) if e.is_mechanism_error() => {
+                SaslStep::Failure(SaslFailure::MalformedRequest)
+            }
             Ok(Err(_)) => SaslStep::Failure(SaslFailure::NotAuthorized),
             Err(_) => SaslStep::Failure(SaslFailure::MalformedRequest),
         }
@@ -274,7 +283,10 @@ mod tests {
 
     #[test]
     fn authcid_from_first_messages() {
-        assert_eq!(initial_authcid("PLAIN", b"\0alice\0secret").as_deref(), Some("alice"));
+        assert_eq!(
+            initial_authcid("PLAIN", b"\0alice\0secret").as_deref(),
+            Some("alice")
+        );
         assert_eq!(initial_authcid("PLAIN", b"alice\0secret"), None);
         assert_eq!(
             initial_authcid("SCRAM-SHA-256", b"n,,n=al=2Cice,r=abc").as_deref(),
@@ -288,7 +300,10 @@ mod tests {
     fn plain_is_only_offered_over_tls() {
         let plaintext = LinkSecurity::default();
         assert_eq!(plaintext.mechanisms(), vec!["SCRAM-SHA-256", "SCRAM-SHA-1"]);
-        let tls = LinkSecurity { tls: true, tls_exporter: Some(vec![1; 32]) };
+        let tls = LinkSecurity {
+            tls: true,
+            tls_exporter: Some(vec![1; 32]),
+        };
         assert_eq!(tls.mechanisms()[0], "SCRAM-SHA-256-PLUS");
         assert!(tls.mechanisms().contains(&"PLAIN"));
         assert_eq!(
@@ -298,23 +313,37 @@ mod tests {
     }
 
     fn tls() -> LinkSecurity {
-        LinkSecurity { tls: true, tls_exporter: None }
+        LinkSecurity {
+            tls: true,
+            tls_exporter: None,
+        }
     }
 
     #[test]
     fn plain_success_and_wrong_password() {
         let creds = Credentials::new("secret").expect("valid");
-        let mut ok = SaslExchange::start("PLAIN", &tls(), "localhost", "alice", Some(creds.clone()))
-            .expect("offered");
+        let mut ok =
+            SaslExchange::start("PLAIN", &tls(), "localhost", "alice", Some(creds.clone()))
+                .expect("offered");
         assert_eq!(
             ok.step(b"\0alice\0secret"),
-            SaslStep::Success { authcid: "alice".into(), additional_data: None }
+            SaslStep::Success {
+                authcid: "alice".into(),
+                additional_data: None
+            }
         );
         let mut bad = SaslExchange::start("PLAIN", &tls(), "localhost", "alice", Some(creds))
             .expect("offered");
-        assert_eq!(bad.step(b"\0alice\0wrong"), SaslStep::Failure(SaslFailure::NotAuthorized));
-        let mut nobody = SaslExchange::start("PLAIN", &tls(), "localhost", "bob", None).expect("offered");
-        assert_eq!(nobody.step(b"\0bob\0x"), SaslStep::Failure(SaslFailure::NotAuthorized));
+        assert_eq!(
+            bad.step(b"\0alice\0wrong"),
+            SaslStep::Failure(SaslFailure::NotAuthorized)
+        );
+        let mut nobody =
+            SaslExchange::start("PLAIN", &tls(), "localhost", "bob", None).expect("offered");
+        assert_eq!(
+            nobody.step(b"\0bob\0x"),
+            SaslStep::Failure(SaslFailure::NotAuthorized)
+        );
     }
 
     #[test]
@@ -332,6 +361,9 @@ mod tests {
     fn truncated_scram_is_malformed_not_a_panic() {
         let mut ex = SaslExchange::start("SCRAM-SHA-256", &tls(), "localhost", "alice", None)
             .expect("offered");
-        assert_eq!(ex.step(b"n,,x"), SaslStep::Failure(SaslFailure::MalformedRequest));
+        assert_eq!(
+            ex.step(b"n,,x"),
+            SaslStep::Failure(SaslFailure::MalformedRequest)
+        );
     }
 }

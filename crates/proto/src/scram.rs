@@ -75,10 +75,7 @@ impl Credentials {
     /// Checks an already SASLprep'd plaintext password (SASL PLAIN).
     pub fn verify_prepped_password(&self, password: &[u8]) -> bool {
         let candidate = keys::<sha2::Sha256>(password, &self.salt, self.iterations);
-        candidate
-            .stored_key
-            .ct_eq(&self.sha256.stored_key)
-            .into()
+        candidate.stored_key.ct_eq(&self.sha256.stored_key).into()
     }
 }
 

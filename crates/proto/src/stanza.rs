@@ -150,7 +150,12 @@ mod tests {
         let req = element(
             "iq",
             ns::CLIENT,
-            &[("to", "x@localhost"), ("from", "a@localhost/r"), ("id", "7"), ("type", "get")],
+            &[
+                ("to", "x@localhost"),
+                ("from", "a@localhost/r"),
+                ("id", "7"),
+                ("type", "get"),
+            ],
         );
         let err = error_reply(&req, StanzaErrorCondition::ServiceUnavailable, None);
         assert_eq!(to(&err), Some("a@localhost/r"));

@@ -151,7 +151,14 @@ pub fn outbound(s: SubState, kind: SubKind) -> Outcome {
                 outcome(s, s, false)
             } else {
                 // Pre-approval: remembered, not routed.
-                outcome(s, SubState { approved: true, ..s }, false)
+                outcome(
+                    s,
+                    SubState {
+                        approved: true,
+                        ..s
+                    },
+                    false,
+                )
             }
         }
         SubKind::Unsubscribe => {
@@ -195,7 +202,14 @@ pub fn inbound(s: SubState, kind: SubKind) -> Outcome {
                     ..outcome(s, state, false)
                 }
             } else {
-                outcome(s, SubState { pending_in: true, ..s }, true)
+                outcome(
+                    s,
+                    SubState {
+                        pending_in: true,
+                        ..s
+                    },
+                    true,
+                )
             }
         }
         SubKind::Subscribed => {
@@ -244,7 +258,12 @@ mod tests {
     use Subscription as S;
 
     fn st(subscription: Subscription, ask: bool, pending_in: bool) -> SubState {
-        SubState { subscription, ask, pending_in, approved: false }
+        SubState {
+            subscription,
+            ask,
+            pending_in,
+            approved: false,
+        }
     }
 
     #[test]

@@ -71,8 +71,7 @@ impl Framer {
                 Err(rxml::error::EndOrError::NeedMoreData) => return Ok(None),
                 Err(rxml::error::EndOrError::Error(e)) => return Err(map_xml_error(e)),
             };
-            if !self.stack.is_empty() || matches!(ev, Event::StartElement(..)) && self.in_stream
-            {
+            if !self.stack.is_empty() || matches!(ev, Event::StartElement(..)) && self.in_stream {
                 self.element_bytes += ev.metrics().len();
                 if self.element_bytes > self.max_element_bytes {
                     return Err(StreamError::with_text(
@@ -104,7 +103,9 @@ impl Framer {
                     };
                     let lang = attrs
                         .iter()
-                        .find(|((ans, an), _)| ans.as_str() == rxml::XMLNS_XML && an.as_str() == "lang")
+                        .find(|((ans, an), _)| {
+                            ans.as_str() == rxml::XMLNS_XML && an.as_str() == "lang"
+                        })
                         .map(|(_, v)| v.clone());
                     return Ok(Some(Frame::StreamOpen(StreamHeader {
                         to: get("to"),
@@ -163,10 +164,12 @@ fn map_xml_error(e: rxml::Error) -> StreamError {
             "entity references other than the predefined ones are not allowed",
         ),
         // rxml reports `<!DOCTYPE` and `<!ENTITY` as a malformed `<!` section.
-        rxml::Error::InvalidSyntax(what) if what.contains("cdata or comment") => StreamError::with_text(
-            StreamErrorCondition::RestrictedXml,
-            "DTDs and comments are not allowed",
-        ),
+        rxml::Error::InvalidSyntax(what) if what.contains("cdata or comment") => {
+            StreamError::with_text(
+                StreamErrorCondition::RestrictedXml,
+                "DTDs and comments are not allowed",
+            )
+        }
         other => StreamError::with_text(StreamErrorCondition::NotWellFormed, other.to_string()),
     }
 }
@@ -207,10 +210,15 @@ mod tests {
                 lang: Some("en".into()),
             })
         );
-        let Frame::Element(msg) = &f[1] else { panic!("expected element") };
+        let Frame::Element(msg) = &f[1] else {
+            panic!("expected element")
+        };
         assert!(msg.is("message", ns::CLIENT));
         assert_eq!(msg.attr("to"), Some("a@b"));
-        assert_eq!(msg.get_child("body", ns::CLIENT).map(|b| b.text()), Some("hi & bye".into()));
+        assert_eq!(
+            msg.get_child("body", ns::CLIENT).map(|b| b.text()),
+            Some("hi & bye".into())
+        );
         assert_eq!(f[2], Frame::Whitespace);
         assert!(matches!(&f[3], Frame::Element(p) if p.name() == "presence"));
         assert_eq!(f[4], Frame::StreamClose);
@@ -245,10 +253,16 @@ mod tests {
     #[test]
     fn oversized_stanza_is_policy_violation() {
         let body = "x".repeat(500);
-        let err = frames(&format!("{OPEN}<message><body>{body}</body></message>"), 200).unwrap_err();
+        let err = frames(
+            &format!("{OPEN}<message><body>{body}</body></message>"),
+            200,
+        )
+        .unwrap_err();
         assert_eq!(err.condition, StreamErrorCondition::PolicyViolation);
         // The same stanza fits a larger limit, and the count restarts per stanza.
-        let twice = format!("{OPEN}<message><body>{body}</body></message><message><body>{body}</body></message>");
+        let twice = format!(
+            "{OPEN}<message><body>{body}</body></message><message><body>{body}</body></message>"
+        );
         assert_eq!(frames(&twice, 600).expect("fits").len(), 3);
     }
 }

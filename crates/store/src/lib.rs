@@ -10,6 +10,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 pub use tributary_proto::scram::Credentials;
+pub use tributary_proto::subscription::Subscription;
 
 use async_trait::async_trait;
 
@@ -28,46 +29,6 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// RFC 6121 subscription state of a roster item, from the user's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subscription {
-    None,
-    To,
-    From,
-    Both,
-}
-
-impl Subscription {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Subscription::None => "none",
-            Subscription::To => "to",
-            Subscription::From => "from",
-            Subscription::Both => "both",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Subscription> {
-        Some(match s {
-            "none" => Subscription::None,
-            "to" => Subscription::To,
-            "from" => Subscription::From,
-            "both" => Subscription::Both,
-            _ => return None,
-        })
-    }
-
-    /// The user receives the contact's presence.
-    pub fn has_to(self) -> bool {
-        matches!(self, Subscription::To | Subscription::Both)
-    }
-
-    /// The contact receives the user's presence.
-    pub fn has_from(self) -> bool {
-        matches!(self, Subscription::From | Subscription::Both)
-    }
-}
 
 /// One contact of a user, with the subscription bookkeeping RFC 6121
 /// needs. Items that only record an inbound request from a stranger are

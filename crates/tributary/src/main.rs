@@ -1,1 +1,248 @@
-fn main() {}
+//! `tributary`: the single binary. Errors reach the user as one line and
+//! a non-zero exit status; nothing here panics on user input.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tributary_proto::scram::Credentials;
+use tributary_server::Config;
+use tributary_store::{SqliteStore, Store, StoreError};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "An XMPP server that never loses an accepted report"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults are used.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server node.
+    Serve,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage accounts (works while the server runs).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a complete, commented configuration file.
+    Example,
+    /// Check a configuration file and print the result.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Add {
+        jid: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete an account and everything stored for it.
+    Remove { jid: String },
+    /// Change an account's password.
+    Passwd {
+        jid: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(clap::Args)]
+struct PasswordArgs {
+    /// The password (visible in the process list; prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn read(&self) -> Result<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("cannot read the password from standard input")?;
+        let password = input.lines().next().unwrap_or_default().to_owned();
+        if password.is_empty() {
+            bail!("no password given (use --password or --password-stdin)");
+        }
+        Ok(password)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
+            print!("{}", Config::example());
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            println!("configuration is valid: domain {}", config.domain);
+            Ok(())
+        }
+        Command::Serve => serve(load_config(cli.config.as_deref())?).await,
+        Command::User { command } => user(load_config(cli.config.as_deref())?, command).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let domain = config.domain.clone();
+    let running = tributary_server::serve(config).await?;
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    tracing::info!(
+        "serving {domain}: STARTTLS on {}, direct TLS on {}",
+        show(running.c2s),
+        show(running.c2s_tls)
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Parses `user@domain` and returns the normalised local part.
+fn local_part(config: &Config, jid: &str) -> Result<String> {
+    let bare = jid::BareJid::new(jid).with_context(|| format!("{jid:?} is not a valid JID"))?;
+    if bare.domain().as_str() != config.domain {
+        bail!("{jid} is not on this server's domain {}", config.domain);
+    }
+    match bare.node() {
+        Some(n) => Ok(n.to_string()),
+        None => bail!("{jid} has no user part (expected user@{})", config.domain),
+    }
+}
+
+async fn user(config: Config, command: UserCommand) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let store = SqliteStore::open(&config.database_path()).await?;
+    match command {
+        UserCommand::Add { jid, password } => {
+            let user = local_part(&config, &jid)?;
+            let creds = Credentials::new(&password.read()?)?;
+            match store.create_account(&user, &creds).await {
+                Ok(()) => println!("created {user}@{}", config.domain),
+                Err(StoreError::AccountExists) => bail!("{user}@{} already exists", config.domain),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCommand::Remove { jid } => {
+            let user = local_part(&config, &jid)?;
+            match store.delete_account(&user).await {
+                Ok(()) => println!("removed {user}@{}", config.domain),
+                Err(StoreError::NoAccount) => bail!("{user}@{} does not exist", config.domain),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCommand::Passwd { jid, password } => {
+            let user = local_part(&config, &jid)?;
+            let creds = Credentials::new(&password.read()?)?;
+            match store.set_credentials(&user, &creds).await {
+                Ok(()) => println!("password changed for {user}@{}", config.domain),
+                Err(StoreError::NoAccount) => bail!("{user}@{} does not exist", config.domain),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCommand::List => {
+            for user in store.list_accounts().await? {
+                println!("{user}@{}", config.domain);
+            }
+        }
+    }
+    Ok(())
+}

@@ -42,14 +42,20 @@ fn writes(actions: &[Action]) -> String {
 }
 
 fn tls_link() -> LinkSecurity {
-    LinkSecurity { tls: true, tls_exporter: None }
+    LinkSecurity {
+        tls: true,
+        tls_exporter: None,
+    }
 }
 
 /// Drives a negotiator through STARTTLS to an authenticated, bound session.
 fn bound(user: &str) -> C2sNegotiator {
     let mut n = C2sNegotiator::new(settings());
     run(&mut n, Input::Frame(header()));
-    let a = run(&mut n, Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    let a = run(
+        &mut n,
+        Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+    );
     assert!(a.contains(&Action::StartTls));
     run(&mut n, Input::TlsEstablished(tls_link()));
     run(&mut n, Input::Frame(header()));
@@ -72,7 +78,12 @@ fn bound(user: &str) -> C2sNegotiator {
             "<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>",
         )),
     );
-    assert_eq!(a, vec![Action::Bind { requested: Some("phone".into()) }]);
+    assert_eq!(
+        a,
+        vec![Action::Bind {
+            requested: Some("phone".into())
+        }]
+    );
     let full: FullJid = format!("{user}@localhost/phone").parse().expect("jid");
     let a = run(&mut n, Input::Bound(Ok(full.clone())));
     assert!(writes(&a).contains(&format!("<jid>{full}</jid>")), "{a:?}");
@@ -94,7 +105,9 @@ fn auth_before_tls_gets_encryption_required() {
     run(&mut n, Input::Frame(header()));
     let a = run(
         &mut n,
-        Input::Frame(el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>")),
+        Input::Frame(el(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+        )),
     );
     assert_eq!(
         writes(&a),
@@ -106,7 +119,10 @@ fn auth_before_tls_gets_encryption_required() {
 fn mechanisms_after_tls_include_plain() {
     let mut n = C2sNegotiator::new(settings());
     run(&mut n, Input::Frame(header()));
-    run(&mut n, Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    run(
+        &mut n,
+        Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+    );
     run(&mut n, Input::TlsEstablished(tls_link()));
     let w = writes(&run(&mut n, Input::Frame(header())));
     assert!(!w.contains("starttls"));
@@ -135,7 +151,10 @@ fn wrong_host_gets_header_then_host_unknown() {
 #[test]
 fn missing_version_is_unsupported() {
     let mut n = C2sNegotiator::new(settings());
-    let a = run(&mut n, Input::Frame(Frame::StreamOpen(StreamHeader::default())));
+    let a = run(
+        &mut n,
+        Input::Frame(Frame::StreamOpen(StreamHeader::default())),
+    );
     assert!(matches!(
         a.last(),
         Some(Action::Close(Some(e))) if e.condition == StreamErrorCondition::UnsupportedVersion
@@ -146,7 +165,10 @@ fn missing_version_is_unsupported() {
 fn stanza_before_auth_is_not_authorized() {
     let mut n = C2sNegotiator::new(settings());
     run(&mut n, Input::Frame(header()));
-    let a = run(&mut n, Input::Frame(el("<message xmlns='jabber:client' to='a@localhost'/>")));
+    let a = run(
+        &mut n,
+        Input::Frame(el("<message xmlns='jabber:client' to='a@localhost'/>")),
+    );
     assert!(matches!(
         a.last(),
         Some(Action::Close(Some(e))) if e.condition == StreamErrorCondition::NotAuthorized
@@ -157,12 +179,16 @@ fn stanza_before_auth_is_not_authorized() {
 fn failed_logins_are_counted_and_close_the_stream() {
     let mut n = C2sNegotiator::new(settings());
     run(&mut n, Input::Frame(header()));
-    run(&mut n, Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    run(
+        &mut n,
+        Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+    );
     run(&mut n, Input::TlsEstablished(tls_link()));
     run(&mut n, Input::Frame(header()));
     let creds = Credentials::new("secret").expect("valid");
     let bad = base64::engine::general_purpose::STANDARD.encode("\0alice\0nope");
-    let auth = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{bad}</auth>");
+    let auth =
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{bad}</auth>");
     for attempt in 1..=3 {
         run(&mut n, Input::Frame(el(&auth)));
         let a = run(&mut n, Input::Credentials(Some(creds.clone())));
@@ -178,11 +204,15 @@ fn scram_exchange_through_rsasl_client() {
     use rsasl::prelude::{Mechname, SASLClient, SASLConfig, State};
     let mut n = C2sNegotiator::new(settings());
     run(&mut n, Input::Frame(header()));
-    run(&mut n, Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")));
+    run(
+        &mut n,
+        Input::Frame(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+    );
     run(&mut n, Input::TlsEstablished(tls_link()));
     run(&mut n, Input::Frame(header()));
 
-    let config = SASLConfig::with_credentials(None, "alice".into(), "secret".into()).expect("config");
+    let config =
+        SASLConfig::with_credentials(None, "alice".into(), "secret".into()).expect("config");
     let mut client = SASLClient::new(config)
         .start_suggested(&[Mechname::parse(b"SCRAM-SHA-256").expect("name")])
         .expect("client session");
@@ -197,12 +227,17 @@ fn scram_exchange_through_rsasl_client() {
         ))),
     );
     assert_eq!(a, vec![Action::LookupCredentials("alice".into())]);
-    let a = run(&mut n, Input::Credentials(Some(Credentials::new("secret").expect("valid"))));
+    let a = run(
+        &mut n,
+        Input::Credentials(Some(Credentials::new("secret").expect("valid"))),
+    );
     let challenge: Element = writes(&a).parse().expect("challenge XML");
     assert_eq!(challenge.name(), "challenge");
     let mut second = Vec::new();
     let server_first = b64.decode(challenge.text()).expect("base64");
-    client.step(Some(&server_first), &mut second).expect("client final");
+    client
+        .step(Some(&server_first), &mut second)
+        .expect("client final");
     let a = run(
         &mut n,
         Input::Frame(el(&format!(
@@ -214,17 +249,29 @@ fn scram_exchange_through_rsasl_client() {
     assert_eq!(success.name(), "success");
     let mut none = Vec::new();
     let state = client
-        .step(Some(&b64.decode(success.text()).expect("base64")), &mut none)
+        .step(
+            Some(&b64.decode(success.text()).expect("base64")),
+            &mut none,
+        )
         .expect("server signature verifies");
     assert!(matches!(state, State::Finished(_)));
-    assert!(a.contains(&Action::Authenticated("alice@localhost".parse().expect("jid"))));
+    assert!(a.contains(&Action::Authenticated(
+        "alice@localhost".parse().expect("jid")
+    )));
 }
 
 #[test]
 fn bound_session_stamps_from() {
     let mut n = bound("alice");
-    let a = run(&mut n, Input::Frame(el("<message xmlns='jabber:client' to='bob@localhost'><body>x</body></message>")));
-    let [Action::Stanza(m)] = a.as_slice() else { panic!("{a:?}") };
+    let a = run(
+        &mut n,
+        Input::Frame(el(
+            "<message xmlns='jabber:client' to='bob@localhost'><body>x</body></message>",
+        )),
+    );
+    let [Action::Stanza(m)] = a.as_slice() else {
+        panic!("{a:?}")
+    };
     assert_eq!(m.attr("from"), Some("alice@localhost/phone"));
 }
 
@@ -233,7 +280,9 @@ fn spoofed_from_is_invalid_from() {
     let mut n = bound("alice");
     let a = run(
         &mut n,
-        Input::Frame(el("<message xmlns='jabber:client' from='bob@localhost/x' to='carol@localhost'/>")),
+        Input::Frame(el(
+            "<message xmlns='jabber:client' from='bob@localhost/x' to='carol@localhost'/>",
+        )),
     );
     assert!(matches!(
         a.last(),
@@ -244,7 +293,10 @@ fn spoofed_from_is_invalid_from() {
 #[test]
 fn malformed_to_is_jid_malformed() {
     let mut n = bound("alice");
-    let a = run(&mut n, Input::Frame(el("<message xmlns='jabber:client' to='@@bad' id='m1'/>")));
+    let a = run(
+        &mut n,
+        Input::Frame(el("<message xmlns='jabber:client' to='@@bad' id='m1'/>")),
+    );
     assert!(writes(&a).contains("<jid-malformed"), "{a:?}");
 }
 
@@ -261,7 +313,10 @@ fn unknown_top_level_element_is_unsupported_stanza_type() {
 #[test]
 fn stanza_in_wrong_namespace_is_invalid_namespace() {
     let mut n = bound("alice");
-    let a = run(&mut n, Input::Frame(el("<message xmlns='jabber:server' to='b@localhost'/>")));
+    let a = run(
+        &mut n,
+        Input::Frame(el("<message xmlns='jabber:server' to='b@localhost'/>")),
+    );
     assert!(matches!(
         a.last(),
         Some(Action::Close(Some(e))) if e.condition == StreamErrorCondition::InvalidNamespace
@@ -275,10 +330,16 @@ fn bind_conflict_is_reported_and_retry_allowed() {
     n.link = tls_link();
     run(&mut n, Input::Frame(header()));
     let bind = "<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
-    assert_eq!(run(&mut n, Input::Frame(el(bind))), vec![Action::Bind { requested: None }]);
+    assert_eq!(
+        run(&mut n, Input::Frame(el(bind))),
+        vec![Action::Bind { requested: None }]
+    );
     let a = run(&mut n, Input::Bound(Err(BindError::Conflict)));
     assert!(writes(&a).contains("<conflict"));
-    assert_eq!(run(&mut n, Input::Frame(el(bind))), vec![Action::Bind { requested: None }]);
+    assert_eq!(
+        run(&mut n, Input::Frame(el(bind))),
+        vec![Action::Bind { requested: None }]
+    );
 }
 
 #[test]

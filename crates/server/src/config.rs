@@ -1,0 +1,273 @@
+//! Node configuration: a TOML file whose every key has a default, so that
+//! `tributary serve` runs with no file at all.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain this node serves.
+    pub domain: String,
+    /// Where the database and the generated certificate live.
+    pub data_dir: PathBuf,
+    /// Bare JIDs allowed to run XEP-0133 service administration commands.
+    pub admins: Vec<String>,
+    pub tls: TlsConfig,
+    pub listen: ListenConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; absent = self-signed, generated once in data_dir.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Allow authentication without TLS on the STARTTLS port (testing only).
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// STARTTLS listener (RFC 6120); empty string disables it.
+    pub c2s: String,
+    /// Direct TLS listener (XEP-0368); empty string disables it.
+    pub c2s_tls: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest top-level element accepted from a peer, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Connections held at once across all listeners; more are refused.
+    pub max_connections: usize,
+    /// Sustained read rate per connection, bytes per second.
+    pub read_bytes_per_second: u32,
+    /// Burst allowance above the sustained rate, in bytes.
+    pub read_burst_bytes: u32,
+    /// Stanzas queued for one session before it is considered stuck and
+    /// closed: a client that stops reading cannot grow server memory.
+    pub session_queue: usize,
+    /// Offline messages kept per user (XEP-0160); more are refused with an error.
+    pub max_offline_messages: usize,
+    /// Resources one account may bind at once.
+    pub max_resources_per_user: usize,
+    /// Failed SASL attempts on one stream before it is closed.
+    pub max_auth_failures: u32,
+    /// First delay after a failed login, doubled per further failure
+    /// (per account and per address), in milliseconds.
+    pub auth_failure_delay_ms: u64,
+    /// Cap of that delay, in milliseconds.
+    pub auth_failure_delay_max_ms: u64,
+    /// Seconds a connection may take to authenticate.
+    pub login_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./tributary-data"),
+            admins: Vec::new(),
+            tls: TlsConfig::default(),
+            listen: ListenConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            c2s: "127.0.0.1:5222".into(),
+            c2s_tls: "127.0.0.1:5223".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 262_144,
+            max_connections: 100_000,
+            read_bytes_per_second: 1_048_576,
+            read_burst_bytes: 4_194_304,
+            session_queue: 1024,
+            max_offline_messages: 1000,
+            max_resources_per_user: 20,
+            max_auth_failures: 3,
+            auth_failure_delay_ms: 500,
+            auth_failure_delay_max_ms: 8000,
+            login_timeout: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message names the key and line; keep it on one line.
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if jid::BareJid::new(&self.domain)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .is_none()
+        {
+            return Err(invalid(
+                "domain",
+                format!("{:?} is not a valid domain", self.domain),
+            ));
+        }
+        for admin in &self.admins {
+            if jid::BareJid::new(admin).is_err() {
+                return Err(invalid("admins", format!("{admin:?} is not a valid JID")));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "cert and key must be given together".into()));
+        }
+        for (key, addr) in [
+            ("listen.c2s", &self.listen.c2s),
+            ("listen.c2s_tls", &self.listen.c2s_tls),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    key,
+                    format!("{addr:?} is not an address like 127.0.0.1:5222"),
+                ));
+            }
+        }
+        if self.listen.c2s.is_empty() && self.listen.c2s_tls.is_empty() {
+            return Err(invalid("listen", "at least one listener is needed".into()));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_stanza_bytes", l.max_stanza_bytes as u64),
+            ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.read_bytes_per_second",
+                l.read_bytes_per_second as u64,
+            ),
+            ("limits.session_queue", l.session_queue as u64),
+            (
+                "limits.max_resources_per_user",
+                l.max_resources_per_user as u64,
+            ),
+            ("limits.max_auth_failures", l.max_auth_failures as u64),
+            ("limits.login_timeout", l.login_timeout),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if l.max_stanza_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_stanza_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn is_admin(&self, bare: &str) -> bool {
+        self.admins.iter().any(|a| a == bare)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("tributary.sqlite")
+    }
+
+    /// A complete, commented configuration with every default spelled out.
+    pub fn example() -> &'static str {
+        include_str!("../config.example.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_equals_defaults() {
+        let c =
+            Config::parse(Config::example(), Path::new("example.toml")).expect("example is valid");
+        let d = Config::default();
+        assert_eq!(c.domain, d.domain);
+        assert_eq!(c.limits.max_stanza_bytes, d.limits.max_stanza_bytes);
+        assert_eq!(c.listen.c2s, d.listen.c2s);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[limits]\nmax_stanzas = 3\n", Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("max_stanzas"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::parse("[listen]\nc2s = \"nowhere\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("listen.c2s"), "{err}");
+        let err = Config::parse(
+            "[limits]\nmax_stanza_bytes = \"big\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_stanza_bytes"), "{err}");
+        let err = Config::parse("domain = \"a@b\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("domain"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Path::new("/nonexistent/tributary.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tributary.toml"));
+    }
+}
