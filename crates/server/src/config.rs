@@ -145,6 +145,13 @@ impl Config {
                 .join(" "),
         })?;
         config.validate(path)?;
+        let mut config = config;
+        // Compared against normalised JIDs, so normalise once here.
+        config.admins = config
+            .admins
+            .iter()
+            .filter_map(|a| jid::BareJid::new(a).ok().map(|j| j.to_string()))
+            .collect();
         Ok(config)
     }
 
