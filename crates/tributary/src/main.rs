@@ -114,9 +114,23 @@ fn main() {
         }
     };
     if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line. Many of our errors already
+/// include their cause's text, so a cause already said is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn init_logs(format: LogFormat) {
@@ -198,13 +212,13 @@ async fn shutdown_signal() {
 /// Parses `user@domain` and returns the normalised local part.
 fn local_part(config: &Config, jid: &str) -> Result<String> {
     let bare = jid::BareJid::new(jid).with_context(|| format!("{jid:?} is not a valid JID"))?;
+    let Some(node) = bare.node() else {
+        bail!("{jid} has no user part (expected user@{})", config.domain);
+    };
     if bare.domain().as_str() != config.domain {
         bail!("{jid} is not on this server's domain {}", config.domain);
     }
-    match bare.node() {
-        Some(n) => Ok(n.to_string()),
-        None => bail!("{jid} has no user part (expected user@{})", config.domain),
-    }
+    Ok(node.to_string())
 }
 
 async fn user(config: Config, command: UserCommand) -> Result<()> {
