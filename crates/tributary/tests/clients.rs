@@ -486,3 +486,110 @@ async fn shutdown_closes_sessions_with_system_shutdown() {
     // The client sees its stream end (tokio-xmpp then tries to reconnect).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), alice.next()).await;
 }
+
+#[tokio::test]
+async fn blocking_drops_messages_both_ways_until_unblocked() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "a").await;
+    server.add_user("bob", "b").await;
+    let (mut alice, _) = server.client("alice@localhost", "a").await;
+    let (mut bob, _) = server.client("bob@localhost", "b").await;
+    send_presence(&mut alice).await;
+    send_presence(&mut bob).await;
+    let block = "<block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block>";
+    assert!(matches!(
+        iq(&mut alice, "alice@localhost", false, block).await,
+        IqResponse::Result(None)
+    ));
+    let IqResponse::Result(Some(list)) = iq(
+        &mut alice,
+        "alice@localhost",
+        true,
+        "<blocklist xmlns='urn:xmpp:blocking'/>",
+    )
+    .await
+    else {
+        panic!("blocklist expected")
+    };
+    assert_eq!(
+        list.children()
+            .filter_map(|i| i.attr("jid"))
+            .collect::<Vec<_>>(),
+        ["bob@localhost"]
+    );
+
+    // Alice writing to bob gets the XEP-0191 error.
+    send(&mut alice, "<message xmlns='jabber:client' type='chat' to='bob@localhost' id='b1'><body>x</body></message>").await;
+    let err = element(&next_stanza(&mut alice, |s| element(s).attr("id") == Some("b1")).await);
+    let error = err.get_child("error", "jabber:client").expect("error");
+    assert!(error.has_child("not-acceptable", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+    assert!(error.has_child("blocked", "urn:xmpp:blocking:errors"));
+
+    // Bob's message is dropped; after unblocking, the next one arrives.
+    send(&mut bob, "<message xmlns='jabber:client' type='chat' to='alice@localhost'><body>dropped</body></message>").await;
+    let unblock = "<unblock xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></unblock>";
+    assert!(matches!(
+        iq(&mut alice, "alice@localhost", false, unblock).await,
+        IqResponse::Result(None)
+    ));
+    send(&mut bob, "<message xmlns='jabber:client' type='chat' to='alice@localhost'><body>delivered</body></message>").await;
+    let got = element(&next_stanza(&mut alice, is_message_with_body).await);
+    assert_eq!(
+        got.get_child("body", "jabber:client").map(|b| b.text()),
+        Some("delivered".into())
+    );
+}
+
+#[tokio::test]
+async fn vcard_and_private_storage_round_trip() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "a").await;
+    server.add_user("bob", "b").await;
+    let (mut alice, _) = server.client("alice@localhost", "a").await;
+    let (mut bob, _) = server.client("bob@localhost", "b").await;
+    let vcard = "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>";
+    assert!(matches!(
+        iq(&mut alice, "alice@localhost", false, vcard).await,
+        IqResponse::Result(_)
+    ));
+    let IqResponse::Result(Some(card)) = iq(
+        &mut bob,
+        "alice@localhost",
+        true,
+        "<vCard xmlns='vcard-temp'/>",
+    )
+    .await
+    else {
+        panic!("vCard expected")
+    };
+    assert_eq!(
+        card.get_child("FN", "vcard-temp").map(|f| f.text()),
+        Some("Alice Liddell".into())
+    );
+    // Bob cannot overwrite it.
+    assert!(matches!(
+        iq(&mut bob, "alice@localhost", false, vcard).await,
+        IqResponse::Error(_)
+    ));
+
+    let store = "<query xmlns='jabber:iq:private'><prefs xmlns='urn:example:prefs'><theme>dark</theme></prefs></query>";
+    assert!(matches!(
+        iq(&mut alice, "alice@localhost", false, store).await,
+        IqResponse::Result(_)
+    ));
+    let IqResponse::Result(Some(q)) = iq(
+        &mut alice,
+        "alice@localhost",
+        true,
+        "<query xmlns='jabber:iq:private'><prefs xmlns='urn:example:prefs'/></query>",
+    )
+    .await
+    else {
+        panic!("private data expected")
+    };
+    let theme = q
+        .get_child("prefs", "urn:example:prefs")
+        .and_then(|p| p.get_child("theme", "urn:example:prefs"))
+        .map(|t| t.text());
+    assert_eq!(theme, Some("dark".into()));
+}

@@ -51,6 +51,16 @@ async fn get(node: &Node, s: &Session) -> IqResult {
 
 /// Applies a block or unblock, refreshes the cache and pushes the change.
 async fn change(node: &Node, s: &Session, op: &str, jids: Vec<String>) -> IqResult {
+    // Presence effects need the list as it was: unblocking everything names
+    // no JIDs, and a block must be announced before it hides the presence.
+    let affected = if op == "unblock" && jids.is_empty() {
+        node.store.blocklist(&s.user).await.unwrap_or_default()
+    } else {
+        jids.clone()
+    };
+    if op == "block" {
+        super::presence::hide_from(node, s, &affected).await;
+    }
     let stored = if op == "block" {
         node.store.block(&s.user, &jids).await
     } else {
@@ -61,6 +71,9 @@ async fn change(node: &Node, s: &Session, op: &str, jids: Vec<String>) -> IqResu
         return Err(StanzaErrorCondition::InternalServerError);
     }
     refresh(node, &s.user).await;
+    if op == "unblock" {
+        super::presence::show_to(node, s, &affected).await;
+    }
     let payload = list_element(op, &jids);
     for entry in node.router.sessions(&s.user) {
         let to = format!("{}/{}", s.bare, entry.resource);

@@ -456,3 +456,30 @@ async fn send_current_presence(
         }
     }
 }
+
+/// XEP-0191 3.3: a contact about to be blocked sees the user go offline.
+/// Called before the block takes effect, or the presence would be blocked.
+pub async fn hide_from(node: &Node, s: &Session, jids: &[String]) {
+    for j in jids {
+        if let Ok(contact) = BareJid::new(j) {
+            send_current_presence(node, &s.user, &s.bare, &contact, true).await;
+        }
+    }
+}
+
+/// XEP-0191 3.4: an unblocked contact that is subscribed to the user sees
+/// the user's presence again.
+pub async fn show_to(node: &Node, s: &Session, jids: &[String]) {
+    for j in jids {
+        let Ok(contact) = BareJid::new(j) else {
+            continue;
+        };
+        let subscribed = matches!(
+            node.store.roster_item(&s.user, contact.as_str()).await,
+            Ok(Some(item)) if item.subscription.has_from()
+        );
+        if subscribed {
+            send_current_presence(node, &s.user, &s.bare, &contact, false).await;
+        }
+    }
+}
