@@ -11,6 +11,7 @@ and received) and the server's log tail are shown for a failing test.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import ssl
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 import slixmpp
-from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.exceptions import IqError
+from slixmpp.plugins import xep_0082
 
 TEST_TIMEOUT = 20.0  # whole test, seconds
 STEP_TIMEOUT = 5.0  # one expected reply or event, seconds
@@ -30,7 +32,9 @@ PLUGINS = (
     "xep_0133",  # service administration
     "xep_0092",  # software version
     "xep_0199",  # ping
+    "xep_0202",  # entity time
     "xep_0203",  # delayed delivery
+    "xep_0280",  # message carbons
 )
 
 
@@ -158,6 +162,14 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = STEP
         await asyncio.sleep(0.05)
 
 
+async def fetch_roster(c: Client) -> dict:
+    """The whole roster as the server stores it (a get without 'ver')."""
+    iq = c.make_iq_get(queryxmlns="jabber:iq:roster")
+    resp = await iq.send(timeout=STEP_TIMEOUT)
+    assert resp["type"] == "result", str(resp)
+    return {str(jid): dict(item) for jid, item in resp["roster"]["items"].items()}
+
+
 class Session:
     """Creates clients inside the test's event loop and closes them all."""
 
@@ -242,6 +254,24 @@ def test_login_default_mechanism_choice(server, direct_tls):
                                "SCRAM-SHA-1-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-512-PLUS",
                                "PLAIN"}, c.used_mech
         assert c.boundjid.bare == "bob@localhost"
+
+    run(server, body)
+
+
+@pytest.mark.parametrize("direct_tls", [False, True], ids=["starttls", "direct_tls"])
+def test_login_over_tls12(server, direct_tls):
+    """A TLS 1.2 client (no tls-exporter) still logs in with its own choice.
+
+    SCRAM-*-PLUS offered on such a session would have to work with
+    tls-unique, which slixmpp then uses."""
+
+    async def body(s: Session):
+        c = s.client("alice", direct_tls=direct_tls)
+        c.ssl_context.maximum_version = ssl.TLSVersion.TLSv1_2
+        await c.login()
+        ssl_object = c.transport.get_extra_info("ssl_object")
+        assert ssl_object.version() == "TLSv1.2"
+        assert c.boundjid.bare == "alice@localhost"
 
     run(server, body)
 
@@ -378,23 +408,34 @@ def test_subscription_and_presence(server):
             "alice's roster shows subscription 'to' for bob (got "
             f"{alice.client_roster['bob@localhost']['subscription']!r})",
         )
-        await eventually(
-            lambda: bob.client_roster["alice@localhost"]["subscription"] == "from",
-            "bob's roster shows subscription 'from' for alice",
-        )
 
         # Bob's later presence changes reach alice; alice's do not reach bob.
-        away = expect(alice, "presence_available",
+        # (slixmpp names the event after the show value: presence_away.)
+        away = expect(alice, "presence_away",
                       lambda p: p["from"].bare == "bob@localhost" and p["show"] == "away")
         bob.send_presence(pshow="away", pstatus="lunch")
         p = await wait(away, "bob's updated presence (show=away) at alice")
         assert p["status"] == "lunch"
 
         # A fresh fetch of the roster from the server agrees.
-        roster = await alice.get_roster(timeout=STEP_TIMEOUT)
-        items = roster["roster"]["items"] if roster is not None else {}
-        assert "bob@localhost" in {str(j) for j in items}, items
-        assert items[slixmpp.JID("bob@localhost")]["subscription"] == "to", items
+        items = await fetch_roster(alice)
+        assert "bob@localhost" in items, items
+        assert items["bob@localhost"]["subscription"] == "to", items
+
+        # RFC 6121 3.1.5: the approval is pushed to bob's roster with
+        # subscription='from' (the item is created if bob had none).
+        try:
+            await eventually(
+                lambda: bob.client_roster["alice@localhost"]["subscription"] == "from",
+                "a roster push to bob", timeout=2.0)
+            pushed = "yes"
+        except AssertionError:
+            pushed = "no"
+        items = await fetch_roster(bob)
+        assert pushed == "yes" and items.get("alice@localhost", {}).get("subscription") == "from", (
+            "after bob approved alice, RFC 6121 3.1.5 wants a roster push to bob with "
+            f"subscription='from' for alice; push received: {pushed}; "
+            f"bob's roster as stored: {items}")
 
         # Bob goes offline: alice gets unavailable presence.
         gone = expect(alice, "presence_unavailable",
@@ -435,9 +476,52 @@ def test_offline_message_has_delay_stamp(server):
         got = expect(bob, "message", lambda m: m["body"] == "stamped")
         await bob.login()
         msg = await wait(got, "the offline message to be delivered to bob")
-        assert msg.xml.find("{urn:xmpp:delay}delay") is not None, str(msg)
-        assert msg["delay"]["stamp"] is not None, str(msg)
-        assert msg["delay"]["from"] == slixmpp.JID("localhost"), str(msg)
+        delay = msg.xml.find("{urn:xmpp:delay}delay")
+        assert delay is not None, str(msg)
+        assert delay.get("from") == "localhost", str(msg)
+        stamp = delay.get("stamp")
+        assert stamp, str(msg)
+        # XEP-0082 DateTime; clients (slixmpp here, via datetime.strptime
+        # %f) parse at most microseconds.
+        try:
+            parsed = msg["delay"]["stamp"]
+        except ValueError as e:
+            raise AssertionError(f"slixmpp cannot parse the delay stamp {stamp!r}: {e}") from None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        assert abs((now - parsed).total_seconds()) < 60, (stamp, now)
+
+    run(server, body)
+
+
+def test_message_carbons(server):
+    async def body(s: Session):
+        bob = await s.login("bob")
+        one = await s.login("alice", resource="one")
+        two = await s.login("alice", resource="two")
+        for c in (one, two):
+            iq = await c.plugin["xep_0280"].enable(timeout=STEP_TIMEOUT)
+            assert iq["type"] == "result", str(iq)
+
+        sent = expect(two, "carbon_sent")
+        at_bob = expect(bob, "message", lambda m: m["body"] == "from one")
+        one.send_message(mto=bob.boundjid, mbody="from one", mtype="chat")
+        await wait(at_bob, "bob to receive the message from alice/one")
+        carbon = await wait(sent, "a sent carbon at alice/two")
+        assert carbon["from"] == slixmpp.JID("alice@localhost"), str(carbon)
+        inner = carbon["carbon_sent"]
+        assert inner["body"] == "from one", str(carbon)
+        assert inner["from"] == one.boundjid, str(carbon)
+        assert inner["to"] == bob.boundjid, str(carbon)
+
+        received = expect(two, "carbon_received")
+        at_one = expect(one, "message", lambda m: m["body"] == "to one")
+        bob.send_message(mto=one.boundjid, mbody="to one", mtype="chat")
+        await wait(at_one, "alice/one to receive bob's message")
+        carbon = await wait(received, "a received carbon at alice/two")
+        assert carbon["from"] == slixmpp.JID("alice@localhost"), str(carbon)
+        inner = carbon["carbon_received"]
+        assert inner["body"] == "to one", str(carbon)
+        assert inner["from"] == bob.boundjid, str(carbon)
 
     run(server, body)
 
@@ -461,6 +545,24 @@ def test_version_query(server):
         assert iq["type"] == "result"
         assert iq["software_version"]["name"] == "Tributary", str(iq)
         assert iq["software_version"]["version"], str(iq)
+
+    run(server, body)
+
+
+def test_entity_time(server):
+    async def body(s: Session):
+        c = await s.login("alice", roster=False, presence=False)
+        iq = await c.plugin["xep_0202"].get_entity_time(slixmpp.JID(server.domain),
+                                                       timeout=STEP_TIMEOUT)
+        assert iq["type"] == "result", str(iq)
+        # slixmpp's entity_time['utc'] appends a second 'Z' to the (correct,
+        # XEP-0202 example-style) '...Z' text, so read the element itself.
+        utc_el = iq.xml.find("{urn:xmpp:time}time/{urn:xmpp:time}utc")
+        assert utc_el is not None and utc_el.text, str(iq)
+        utc = xep_0082.parse(utc_el.text)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        assert abs((now - utc).total_seconds()) < 60, (str(iq), now)
+        assert iq.xml.find("{urn:xmpp:time}time/{urn:xmpp:time}tzo") is not None, str(iq)
 
     run(server, body)
 

@@ -45,7 +45,10 @@ pub async fn store(node: &Node, user: &str, msg: &Element) -> Stored {
         copy.append_child(stanza::element(
             "delay",
             ns::DELAY,
-            &[("from", node.domain()), ("stamp", &now_stamp())],
+            &[
+                ("from", node.domain()),
+                ("stamp", &super::time::now_stamp()),
+            ],
         ));
     }
     let xml = stanza::to_string(&copy);
@@ -64,13 +67,6 @@ pub async fn store(node: &Node, user: &str, msg: &Element) -> Stored {
             Stored::Refused
         }
     }
-}
-
-/// The current time in XEP-0082 form.
-fn now_stamp() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Hands stored messages to a session that just became available.

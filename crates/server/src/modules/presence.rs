@@ -322,8 +322,10 @@ async fn subscribe_outbound(
     }
     let mut item = item_for(node, &s.user, contact.as_str()).await;
     let o = subscription::outbound(state_of(&item), kind);
-    // RFC 6121 3.1.2: a subscription request puts the contact in the roster.
-    let appears = kind == SubKind::Subscribe && !item.in_roster;
+    // RFC 6121 3.1.2: a subscription request puts the contact in the
+    // roster; 3.1.5: so does approving one (the item shows "from").
+    let appears = !item.in_roster
+        && (kind == SubKind::Subscribe || (kind == SubKind::Subscribed && o.forward));
     if appears {
         item.in_roster = true;
     }

@@ -35,6 +35,15 @@ pub async fn handle(_node: &Node, _s: &mut Session, req: &IqRequest<'_>) -> IqRe
     })
 }
 
+/// The current time as a XEP-0082 DateTime in UTC, whole seconds (also
+/// used for XEP-0203 delay stamps: several client libraries, slixmpp
+/// among them, cannot read more than six fractional digits).
+pub fn now_stamp() -> String {
+    OffsetDateTime::now_utc()
+        .format(UTC_FORMAT)
+        .unwrap_or_default()
+}
+
 /// The `<time/>` answer for the instant `now`, converted to UTC first so
 /// the caller may pass a date-time in any offset.
 ///
