@@ -238,7 +238,11 @@ async fn subscription_handshake_and_presence() {
     else {
         panic!("roster result expected")
     };
-    // Bob approved without adding alice: the item is there as "from" once he does.
+    // RFC 6121 3.1.5: approving put alice in bob's roster as "from".
+    let item = roster.children().next().expect("alice in bob's roster");
+    assert_eq!(item.attr("jid"), Some("alice@localhost"));
+    assert_eq!(item.attr("subscription"), Some("from"));
+    // Naming the item keeps its subscription.
     iq(
         &mut bob,
         "bob@localhost",
@@ -246,7 +250,6 @@ async fn subscription_handshake_and_presence() {
         "<query xmlns='jabber:iq:roster'><item jid='alice@localhost' name='Alice'/></query>",
     )
     .await;
-    let _ = roster;
     let IqResponse::Result(Some(roster)) = iq(
         &mut bob,
         "bob@localhost",
