@@ -21,6 +21,7 @@ pub enum StreamErrorCondition {
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
+    UndefinedCondition,
     UnsupportedStanzaType,
     UnsupportedVersion,
     InternalServerError,
@@ -44,6 +45,7 @@ impl StreamErrorCondition {
             ResourceConstraint => "resource-constraint",
             RestrictedXml => "restricted-xml",
             SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
             InternalServerError => "internal-server-error",
@@ -56,6 +58,8 @@ impl StreamErrorCondition {
 pub struct StreamError {
     pub condition: StreamErrorCondition,
     pub text: Option<String>,
+    /// An application-specific condition element, serialised.
+    pub app: Option<String>,
 }
 
 impl StreamError {
@@ -63,6 +67,7 @@ impl StreamError {
         StreamError {
             condition,
             text: None,
+            app: None,
         }
     }
 
@@ -70,7 +75,14 @@ impl StreamError {
         StreamError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
+    }
+
+    /// Adds an application-specific condition (RFC 6120 4.9.4).
+    pub fn with_app(mut self, app: String) -> Self {
+        self.app = Some(app);
+        self
     }
 
     /// `<stream:error>` serialised with an explicit prefix declaration, so
@@ -87,6 +99,9 @@ impl StreamError {
                 ns::STREAMS_ERR,
                 escape(text)
             ));
+        }
+        if let Some(app) = &self.app {
+            out.push_str(app);
         }
         out.push_str("</stream:error>");
         out

@@ -6,12 +6,14 @@
 //! tokio layer in `tributary-server` only moves bytes and performs lookups;
 //! this keeps every protocol decision testable without I/O.
 
+pub mod csi;
 pub mod error;
 pub mod negotiation;
 pub mod ns;
 pub mod routing;
 pub mod sasl;
 pub mod scram;
+pub mod sm;
 pub mod stanza;
 pub mod subscription;
 pub mod xml;

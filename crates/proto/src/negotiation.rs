@@ -51,6 +51,9 @@ pub enum Input {
     Credentials(Option<Credentials>),
     /// Answer to `Action::Bind`.
     Bound(Result<FullJid, BindError>),
+    /// Answer to `Action::Resume`: the resumed session's JID and the
+    /// inbound count to report, or the failure (with `h` if known).
+    Resumed(Result<(FullJid, u32), Option<u32>>),
 }
 
 #[derive(Debug, PartialEq)]
@@ -76,7 +79,32 @@ pub enum Action {
     /// Resource bound: the session is live.
     SessionStarted(FullJid),
     /// A stanza from the bound client, `from` stamped, ready to route.
+    /// Once handled it counts for XEP-0198.
     Stanza(Element),
+    /// A stanza for the bound client (counted and kept by XEP-0198).
+    Reply(Element),
+    /// A stanza from the bound client was answered by the core itself.
+    Handled,
+    /// XEP-0198 `<resume/>` instead of binding: find the detached session.
+    Resume {
+        previd: String,
+        h: u32,
+    },
+    /// The session was resumed: its queue must be resent.
+    SessionResumed(FullJid),
+    /// XEP-0198 `<enable/>` on a bound stream.
+    EnableSm {
+        resume: bool,
+        max: Option<u32>,
+    },
+    /// XEP-0198 `<r/>`: answer with the handled count.
+    AckRequested,
+    /// XEP-0198 `<a h=.../>` from the client.
+    Acked(u32),
+    /// XEP-0352: the client became active (true) or inactive (false).
+    ClientState {
+        active: bool,
+    },
     /// Write the stream error (if any), close the stream and the connection.
     Close(Option<StreamError>),
 }
@@ -103,6 +131,9 @@ enum Phase {
     Sasl(Box<SaslExchange>),
     BindPending {
         iq_id: String,
+    },
+    ResumePending {
+        previd: String,
     },
     Established,
     Closed,
@@ -161,6 +192,7 @@ impl C2sNegotiator {
             }
             Input::Credentials(creds) => self.on_credentials(creds, out),
             Input::Bound(result) => self.on_bound(result, out),
+            Input::Resumed(result) => self.on_resumed(result, out),
             Input::Frame(Frame::StreamOpen(h)) => self.on_header(h, out),
             Input::Frame(Frame::Whitespace) => {}
             Input::Frame(Frame::StreamClose) => {
@@ -252,11 +284,13 @@ impl C2sNegotiator {
             }
             Stage::PostAuth => {
                 f.push_str(&format!(
-                    "<bind xmlns='{}'/><session xmlns='{}'><optional/></session><ver xmlns='{}'/><sub xmlns='{}'/>",
+                    "<bind xmlns='{}'/><session xmlns='{}'><optional/></session><ver xmlns='{}'/><sub xmlns='{}'/><sm xmlns='{}'/><csi xmlns='{}'/>",
                     ns::BIND,
                     ns::SESSION,
                     ns::ROSTER_VER,
-                    ns::PRE_APPROVAL
+                    ns::PRE_APPROVAL,
+                    crate::sm::NS,
+                    ns::CSI
                 ));
             }
         }
@@ -473,6 +507,29 @@ impl C2sNegotiator {
     }
 
     fn on_pre_bind(&mut self, el: Element, out: &mut Vec<Action>) {
+        if el.is("resume", crate::sm::NS) {
+            let (Some(previd), Some(h)) = (el.attr("previd"), crate::sm::parse_h(&el)) else {
+                return self.fail(
+                    StreamError::with_text(
+                        StreamErrorCondition::BadFormat,
+                        "resume needs previd and h",
+                    ),
+                    out,
+                );
+            };
+            self.phase = Phase::ResumePending {
+                previd: previd.to_owned(),
+            };
+            out.push(Action::Resume {
+                previd: previd.to_owned(),
+                h,
+            });
+            return;
+        }
+        if el.is("enable", crate::sm::NS) {
+            out.push(Action::Write(sm_failed(None, "unexpected-request")));
+            return;
+        }
         let is_set = StanzaKind::of(&el, ns::CLIENT) == Some(StanzaKind::Iq)
             && stanza::stanza_type(&el) == Some("set");
         if is_set {
@@ -536,10 +593,75 @@ impl C2sNegotiator {
         }
     }
 
+    fn on_resumed(&mut self, result: Result<(FullJid, u32), Option<u32>>, out: &mut Vec<Action>) {
+        let Phase::ResumePending { previd } =
+            std::mem::replace(&mut self.phase, Phase::Negotiating)
+        else {
+            return;
+        };
+        match result {
+            Ok((full, h)) => {
+                out.push(Action::Write(format!(
+                    "<resumed xmlns='{}' previd='{}' h='{h}'/>",
+                    crate::sm::NS,
+                    crate::error::escape(&previd)
+                )));
+                out.push(Action::SessionResumed(full.clone()));
+                self.bound = Some(full);
+                self.phase = Phase::Established;
+            }
+            Err(h) => out.push(Action::Write(sm_failed(h, "item-not-found"))),
+        }
+    }
+
+    /// Stream-level elements of an established session: XEP-0198 and XEP-0352.
+    fn on_nonza(&mut self, el: &Element, out: &mut Vec<Action>) -> bool {
+        if el.has_ns(crate::sm::NS) {
+            match el.name() {
+                "enable" => out.push(Action::EnableSm {
+                    resume: matches!(el.attr("resume"), Some("true" | "1")),
+                    max: el.attr("max").and_then(|m| m.parse().ok()),
+                }),
+                "r" => out.push(Action::AckRequested),
+                "a" => match crate::sm::parse_h(el) {
+                    Some(h) => out.push(Action::Acked(h)),
+                    None => self.fail(
+                        StreamError::with_text(
+                            StreamErrorCondition::BadFormat,
+                            "ack without a valid h",
+                        ),
+                        out,
+                    ),
+                },
+                "resume" => out.push(Action::Write(sm_failed(None, "unexpected-request"))),
+                _ => self.fail(
+                    StreamError::new(StreamErrorCondition::UnsupportedStanzaType),
+                    out,
+                ),
+            }
+            return true;
+        }
+        if el.has_ns(ns::CSI) {
+            match el.name() {
+                "active" => out.push(Action::ClientState { active: true }),
+                "inactive" => out.push(Action::ClientState { active: false }),
+                _ => self.fail(
+                    StreamError::new(StreamErrorCondition::UnsupportedStanzaType),
+                    out,
+                ),
+            }
+            return true;
+        }
+        false
+    }
+
     fn on_stanza(&mut self, mut el: Element, out: &mut Vec<Action>) {
         let Some(full) = self.bound.clone() else {
             return;
         };
+        if self.on_nonza(&el, out) {
+            return;
+        }
         let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
             let cond = if matches!(el.name(), "message" | "presence" | "iq") {
                 StreamErrorCondition::InvalidNamespace
@@ -567,16 +689,20 @@ impl C2sNegotiator {
             }
         }
         stanza::set_attr(&mut el, "from", full.to_string());
+        // Stanzas answered here are handled as much as routed ones (XEP-0198
+        // counts them), and their replies are stanzas too.
         if stanza::to_jid(&el).is_err() {
             if stanza::stanza_type(&el) != Some("error") {
                 let reply = stanza::error_reply(&el, StanzaErrorCondition::JidMalformed, None);
-                out.push(Action::Write(stanza::to_string(&reply)));
+                out.push(Action::Reply(reply));
             }
+            out.push(Action::Handled);
             return;
         }
         if kind == StanzaKind::Iq && !valid_iq(&el) {
             let reply = stanza::error_reply(&el, StanzaErrorCondition::BadRequest, None);
-            out.push(Action::Write(stanza::to_string(&reply)));
+            out.push(Action::Reply(reply));
+            out.push(Action::Handled);
             return;
         }
         if kind == StanzaKind::Iq
@@ -584,9 +710,8 @@ impl C2sNegotiator {
             && stanza::to(&el).is_none()
             && el.has_child("session", ns::SESSION)
         {
-            out.push(Action::Write(stanza::to_string(&stanza::iq_result(
-                &el, None,
-            ))));
+            out.push(Action::Reply(stanza::iq_result(&el, None)));
+            out.push(Action::Handled);
             return;
         }
         out.push(Action::Stanza(el));
@@ -601,6 +726,17 @@ fn valid_iq(el: &Element) -> bool {
         (Some(_), Some("result" | "error")) => true,
         _ => false,
     }
+}
+
+/// XEP-0198 `<failed/>` with a stanza error condition and, when known,
+/// the handled count.
+fn sm_failed(h: Option<u32>, condition: &str) -> String {
+    let h = h.map(|h| format!(" h='{h}'")).unwrap_or_default();
+    format!(
+        "<failed xmlns='{}'{h}><{condition} xmlns='{}'/></failed>",
+        crate::sm::NS,
+        ns::STANZAS_ERR
+    )
 }
 
 fn decode_sasl(text: &str) -> Option<Vec<u8>> {

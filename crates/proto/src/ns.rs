@@ -30,3 +30,4 @@ pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
 pub const DATA_FORMS: &str = "jabber:x:data";
 pub const ADMIN: &str = "http://jabber.org/protocol/admin";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const CSI: &str = "urn:xmpp:csi:0";

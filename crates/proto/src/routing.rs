@@ -32,6 +32,9 @@ pub struct ResourceView<'a> {
     /// Sent initial presence and not yet unavailable.
     pub available: bool,
     pub priority: i8,
+    /// Detached, waiting for XEP-0198 resumption: it only gets bare-JID
+    /// messages when no live resource can take them.
+    pub hibernating: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +52,16 @@ pub enum Disposition {
 /// A message to `user@domain` (RFC 6121 8.5.2.1).
 pub fn to_bare(t: MessageType, sessions: &[ResourceView<'_>]) -> Disposition {
     let eligible = |s: &ResourceView<'_>| s.available && s.priority >= 0;
+    let any_live = sessions.iter().any(|s| eligible(s) && !s.hibernating);
+    // Live resources first; a hibernating one holds the message only when
+    // it is the only candidate (it reaches offline storage if it expires).
+    let candidate = |s: &ResourceView<'_>| eligible(s) && (!any_live || !s.hibernating);
     match t {
         MessageType::Error => Disposition::Drop,
         MessageType::Groupchat => Disposition::Error(StanzaErrorCondition::ServiceUnavailable),
         MessageType::Headline => {
             let all: Vec<usize> = (0..sessions.len())
-                .filter(|&i| eligible(&sessions[i]))
+                .filter(|&i| candidate(&sessions[i]))
                 .collect();
             if all.is_empty() {
                 Disposition::Drop
@@ -65,14 +72,14 @@ pub fn to_bare(t: MessageType, sessions: &[ResourceView<'_>]) -> Disposition {
         MessageType::Normal | MessageType::Chat => {
             let best = sessions
                 .iter()
-                .filter(|s| eligible(s))
+                .filter(|s| candidate(s))
                 .map(|s| s.priority)
                 .max();
             match best {
                 None => Disposition::Offline,
                 Some(p) => Disposition::Deliver(
                     (0..sessions.len())
-                        .filter(|&i| eligible(&sessions[i]) && sessions[i].priority == p)
+                        .filter(|&i| candidate(&sessions[i]) && sessions[i].priority == p)
                         .collect(),
                 ),
             }
@@ -101,7 +108,38 @@ mod tests {
             resource,
             available,
             priority,
+            hibernating: false,
         }
+    }
+
+    fn hibernating(resource: &str, priority: i8) -> ResourceView<'_> {
+        ResourceView {
+            resource,
+            available: true,
+            priority,
+            hibernating: true,
+        }
+    }
+
+    #[test]
+    fn bare_messages_prefer_live_resources_over_hibernating_ones() {
+        let s = [hibernating("old", 10), r("live", true, 0)];
+        assert_eq!(
+            to_bare(MessageType::Chat, &s),
+            Disposition::Deliver(vec![1])
+        );
+        // Only a hibernating resource: it holds the message.
+        let s = [hibernating("old", 0)];
+        assert_eq!(
+            to_bare(MessageType::Chat, &s),
+            Disposition::Deliver(vec![0])
+        );
+        // Full-JID messages still go to the hibernating session itself.
+        let s = [hibernating("old", 0), r("live", true, 0)];
+        assert_eq!(
+            to_full(MessageType::Chat, "old", &s),
+            Disposition::Deliver(vec![0])
+        );
     }
 
     #[test]

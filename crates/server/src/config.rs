@@ -34,6 +34,54 @@ pub struct Config {
     pub tls: TlsConfig,
     pub listen: ListenConfig,
     pub limits: LimitsConfig,
+    pub stream_management: StreamManagementConfig,
+    pub keepalive: KeepaliveConfig,
+}
+
+/// XEP-0198 policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Seconds a detached session waits for resumption.
+    pub resume_timeout: u64,
+    /// Stanzas held for one session (sent but unacknowledged, or waiting
+    /// while detached) before the stream is closed; they go offline.
+    pub max_unacked: usize,
+    /// Ask for an ack after this many stanzas sent without one...
+    pub ack_request_every: u32,
+    /// ...or this many milliseconds after the oldest unacknowledged one.
+    pub ack_request_delay_ms: u64,
+}
+
+/// Dead-peer detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveConfig {
+    /// Seconds of silence before the server asks the peer (SM `<r/>` or a
+    /// XEP-0199 ping); also the TCP keepalive idle time.
+    pub idle_ping: u64,
+    /// Seconds without an answer before the session is detached.
+    pub dead_after: u64,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            resume_timeout: 300,
+            max_unacked: 5000,
+            ack_request_every: 5,
+            ack_request_delay_ms: 5000,
+        }
+    }
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            idle_ping: 60,
+            dead_after: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -93,6 +141,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             listen: ListenConfig::default(),
             limits: LimitsConfig::default(),
+            stream_management: StreamManagementConfig::default(),
+            keepalive: KeepaliveConfig::default(),
         }
     }
 }
@@ -208,6 +258,20 @@ impl Config {
             ),
             ("limits.max_auth_failures", l.max_auth_failures as u64),
             ("limits.login_timeout", l.login_timeout),
+            (
+                "stream_management.max_unacked",
+                self.stream_management.max_unacked as u64,
+            ),
+            (
+                "stream_management.ack_request_every",
+                self.stream_management.ack_request_every as u64,
+            ),
+            (
+                "stream_management.ack_request_delay_ms",
+                self.stream_management.ack_request_delay_ms,
+            ),
+            ("keepalive.idle_ping", self.keepalive.idle_ping),
+            ("keepalive.dead_after", self.keepalive.dead_after),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));

@@ -1,25 +1,34 @@
 //! One task per connection: moves bytes between the socket and the
 //! protocol core, and carries out the core's actions (TLS upgrade,
 //! credential lookups, binding, stanza handling).
+//!
+//! A session with XEP-0198 resumption outlives its connection: when the
+//! link drops, the task keeps the session (and keeps queueing stanzas for
+//! it) until the client resumes on a new connection, which receives the
+//! whole session state from this task, or until the resumption timeout,
+//! when every unacknowledged message goes to offline storage.
 
 use crate::limits::ReadRate;
 use crate::modules::{self, blocking, presence, Session};
 use crate::node::Node;
 use crate::router::{BindRequest, Outbound};
+use minidom::Element;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tributary_proto::csi::CsiQueue;
 use tributary_proto::error::{StreamError, StreamErrorCondition};
 use tributary_proto::negotiation::{Action, C2sNegotiator, C2sSettings, Input};
 use tributary_proto::sasl::LinkSecurity;
-use tributary_proto::stanza;
+use tributary_proto::sm::{self, SmState};
 use tributary_proto::xml::Framer;
+use tributary_proto::{ns, stanza};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -34,6 +43,48 @@ const READ_CHUNK: usize = 4096;
 /// A peer that accepts no bytes for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a resuming connection waits for the old session's task.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a resuming connection finds a resumable session's task.
+#[derive(Debug, Clone)]
+pub struct ResumeHandle {
+    /// Local part of the owner: only the same account may resume.
+    pub user: String,
+    pub tx: mpsc::Sender<ResumeRequest>,
+}
+
+/// Asks a session's task to hand the session over.
+#[derive(Debug)]
+pub struct ResumeRequest {
+    user: String,
+    h: u32,
+    reply: oneshot::Sender<Result<Box<Handover>, Option<u32>>>,
+}
+
+/// Everything a session is, moved from its old task to the new connection.
+#[derive(Debug)]
+pub struct Handover {
+    bound: Bound,
+    rx: mpsc::Receiver<Outbound>,
+    tx: mpsc::Sender<Outbound>,
+    kill: CancellationToken,
+    conn_id: u64,
+}
+
+/// The state of a bound session.
+#[derive(Debug)]
+struct Bound {
+    session: Session,
+    sm: Option<SmState>,
+    /// Resumption requests for this session (when resumable).
+    resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
+    /// Seconds the session waits for resumption after its link dropped.
+    resume_timeout: u64,
+    /// Stanzas that arrived while detached, sent after resumption.
+    pending: VecDeque<Element>,
+    csi: CsiQueue,
+}
 
 pub async fn run(
     node: Arc<Node>,
@@ -42,6 +93,7 @@ pub async fn run(
     transport: Transport,
     shutdown: CancellationToken,
 ) {
+    set_tcp_keepalive(&tcp, node.config.keepalive.idle_ping);
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     let conn_span = span.clone();
     async move {
@@ -55,9 +107,24 @@ pub async fn run(
     .await
 }
 
+/// TCP keepalive finds dead peers even when the server has nothing to say.
+fn set_tcp_keepalive(tcp: &TcpStream, idle_secs: u64) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(idle_secs))
+        .with_interval(Duration::from_secs(idle_secs.clamp(1, 10)));
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
+    }
+}
+
 enum End<S> {
     StartTls(S),
+    /// The stream ended on purpose (closed by either side, or an error).
     Closed,
+    /// The link dropped or the peer stopped answering.
+    Lost,
+    /// The session was resumed on another connection.
+    HandedOver,
 }
 
 struct Conn {
@@ -70,11 +137,11 @@ struct Conn {
     conn_id: u64,
     /// Given to the router at bind time; other sessions queue stanzas here.
     tx: mpsc::Sender<Outbound>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: Option<mpsc::Receiver<Outbound>>,
     /// Cancelled by the router when our queue overflowed.
     kill: CancellationToken,
     shutdown: CancellationToken,
-    session: Option<Session>,
+    bound: Option<Bound>,
     /// Bytes waiting to be written.
     out: Vec<u8>,
     /// The account of the SASL attempt in progress, for failure accounting.
@@ -82,6 +149,15 @@ struct Conn {
     /// The account authenticated on this stream, once SASL succeeded.
     authenticated: Option<jid::BareJid>,
     closing: bool,
+    /// Stanzas that could not be kept for the client (over the unacked
+    /// limit); they go to offline storage when the session ends.
+    overflow: Vec<Element>,
+    last_read: Instant,
+    /// When we asked an idle peer whether it is still there.
+    probe_sent: Option<Instant>,
+    /// When the oldest stanza still waiting for an ack was sent.
+    oldest_unacked: Option<Instant>,
+    ack_requested: bool,
 }
 
 impl Conn {
@@ -106,14 +182,19 @@ impl Conn {
             rate: ReadRate::new(limits.read_bytes_per_second, limits.read_burst_bytes),
             conn_id: node.router.new_conn_id(),
             tx,
-            rx,
+            rx: Some(rx),
             kill: CancellationToken::new(),
             shutdown,
-            session: None,
+            bound: None,
             out: Vec::new(),
             attempted_user: None,
             authenticated: None,
             closing: false,
+            overflow: Vec::new(),
+            last_read: Instant::now(),
+            probe_sent: None,
+            oldest_unacked: None,
+            ack_requested: false,
             node,
             peer,
             span,
@@ -126,7 +207,8 @@ impl Conn {
             Transport::DirectTls => tcp,
             Transport::StartTls => match self.drive(tcp).await {
                 End::StartTls(tcp) => tcp,
-                End::Closed => return,
+                End::Lost if self.resumable() => return self.hibernate().await,
+                _ => return,
             },
         };
         let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -139,23 +221,39 @@ impl Conn {
         let mut ignored = Vec::new();
         self.negotiator
             .handle(Input::TlsEstablished(link), &mut ignored);
-        self.drive(tls).await;
+        if let End::Lost = self.drive(tls).await {
+            if self.resumable() {
+                self.hibernate().await;
+            }
+        }
     }
 
-    /// Runs the stream until it closes or asks for a TLS upgrade.
+    fn resumable(&self) -> bool {
+        self.bound
+            .as_ref()
+            .is_some_and(|b| b.sm.as_ref().is_some_and(|s| s.resumable))
+    }
+
+    /// Runs the stream until it closes, drops, is handed over, or asks
+    /// for a TLS upgrade.
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> End<S> {
         let mut buf = vec![0u8; READ_CHUNK];
         let login_deadline = tokio::time::Instant::now()
             + Duration::from_secs(self.node.config.limits.login_timeout);
         loop {
+            if self.bound.is_none() && self.rx.is_none() {
+                return End::HandedOver;
+            }
             if !self.out.is_empty() && !self.flush(&mut stream).await {
-                return End::Closed;
+                return End::Lost;
             }
             if self.closing {
                 let _ = stream.shutdown().await;
                 return End::Closed;
             }
-            let bound = self.session.is_some();
+            let bound = self.bound.is_some();
+            let wake = self.next_wake();
+            let resume_rx = self.bound.as_mut().and_then(|b| b.resume_rx.as_mut());
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
@@ -167,19 +265,35 @@ impl Conn {
                         "too many stanzas waiting: the client is not reading",
                     )));
                 }
-                msg = self.rx.recv(), if bound => match msg {
-                    Some(Outbound::Stanza(el)) => self.out.extend_from_slice(&stanza::to_bytes(&el)),
+                req = recv_opt(resume_rx) => {
+                    if let Some(req) = req {
+                        if self.handover(req) {
+                            tracing::info!("session resumed on another connection");
+                            return End::HandedOver;
+                        }
+                    }
+                }
+                msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => match msg {
+                    Some(Outbound::Stanza(el)) => self.deliver_to_client(el),
                     Some(Outbound::Close(err)) => self.close_with(Some(err)),
                     None => self.closing = true,
                 },
                 _ = tokio::time::sleep_until(login_deadline), if !bound => {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                 }
+                _ = sleep_until_opt(wake), if bound => {
+                    if self.on_timer(Instant::now()) {
+                        tracing::info!("peer stopped answering");
+                        return End::Lost;
+                    }
+                }
                 read = stream.read(&mut buf) => {
                     let n = match read {
-                        Ok(0) | Err(_) => return End::Closed,
+                        Ok(0) | Err(_) => return End::Lost,
                         Ok(n) => n,
                     };
+                    self.last_read = Instant::now();
+                    self.probe_sent = None;
                     if self.on_bytes(&buf[..n]).await {
                         // STARTTLS: nothing the client sent after <starttls/>
                         // may be used (RFC 6120 5.4.3.3); flush <proceed/>.
@@ -194,6 +308,111 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// The next moment a timer needs attention (bound sessions only).
+    fn next_wake(&self) -> Option<Instant> {
+        let ka = &self.node.config.keepalive;
+        let probe = match self.probe_sent {
+            Some(t) => t + Duration::from_secs(ka.dead_after),
+            None => self.last_read + Duration::from_secs(ka.idle_ping),
+        };
+        let ack = match (self.oldest_unacked, self.ack_requested) {
+            (Some(t), false) => Some(
+                t + Duration::from_millis(self.node.config.stream_management.ack_request_delay_ms),
+            ),
+            _ => None,
+        };
+        Some(ack.map_or(probe, |a| a.min(probe)))
+    }
+
+    /// Handles due timers; true when the peer is considered dead.
+    fn on_timer(&mut self, now: Instant) -> bool {
+        let ka = &self.node.config.keepalive;
+        if let Some(t) = self.probe_sent {
+            if now >= t + Duration::from_secs(ka.dead_after) {
+                return true;
+            }
+        } else if now >= self.last_read + Duration::from_secs(ka.idle_ping) {
+            self.probe_sent = Some(now);
+            self.probe_peer();
+        }
+        if let (Some(t), false) = (self.oldest_unacked, self.ack_requested) {
+            let delay =
+                Duration::from_millis(self.node.config.stream_management.ack_request_delay_ms);
+            if now >= t + delay {
+                self.request_ack();
+            }
+        }
+        false
+    }
+
+    /// Asks an idle peer for a sign of life: an SM ack request if it has
+    /// stream management, else a XEP-0199 ping.
+    fn probe_peer(&mut self) {
+        let has_sm = self.bound.as_ref().is_some_and(|b| b.sm.is_some());
+        if has_sm {
+            self.request_ack();
+            return;
+        }
+        let Some(b) = &self.bound else { return };
+        let mut ping = stanza::element(
+            "iq",
+            ns::CLIENT,
+            &[
+                ("type", "get"),
+                ("id", "keepalive"),
+                ("from", self.node.domain()),
+                ("to", &b.session.jid.to_string()),
+            ],
+        );
+        ping.append_child(Element::bare("ping", ns::PING));
+        self.emit(ping);
+    }
+
+    fn request_ack(&mut self) {
+        if let Some(sm) = self.bound.as_mut().and_then(|b| b.sm.as_mut()) {
+            sm.requested();
+            self.ack_requested = true;
+            self.out
+                .extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+        }
+    }
+
+    /// A stanza routed to this client: through CSI, then out.
+    fn deliver_to_client(&mut self, el: Element) {
+        let Some(b) = self.bound.as_mut() else { return };
+        for el in b.csi.offer(el) {
+            self.emit(el);
+        }
+    }
+
+    /// Writes a stanza to the client, keeping it until acknowledged when
+    /// stream management is on.
+    fn emit(&mut self, el: Element) {
+        let every = self.node.config.stream_management.ack_request_every;
+        let mut ask = false;
+        if let Some(sm) = self.bound.as_mut().and_then(|b| b.sm.as_mut()) {
+            if let Err(e) = sm.on_send(el.clone()) {
+                tracing::warn!("{e}; closing the stream");
+                self.overflow.push(el);
+                if !self.closing {
+                    self.close_with(Some(StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "too many unacknowledged stanzas",
+                    )));
+                }
+                return;
+            }
+            ask = sm.should_request(every);
+            if self.oldest_unacked.is_none() {
+                self.oldest_unacked = Some(Instant::now());
+            }
+        }
+        self.out.extend_from_slice(&stanza::to_bytes(&el));
+        if ask {
+            self.request_ack();
         }
     }
 
@@ -260,11 +479,16 @@ impl Conn {
         false
     }
 
+    fn sm_mut(&mut self) -> Option<&mut SmState> {
+        self.bound.as_mut().and_then(|b| b.sm.as_mut())
+    }
+
     async fn apply(&mut self, actions: Vec<Action>, inputs: &mut VecDeque<Input>) -> bool {
         let mut starttls = false;
         for action in actions {
             match action {
                 Action::Write(s) => self.out.extend_from_slice(s.as_bytes()),
+                Action::Reply(el) => self.emit(el),
                 Action::StartTls => starttls = true,
                 Action::ResetFramer => self.framer.reset(),
                 Action::LookupCredentials(user) => {
@@ -320,15 +544,61 @@ impl Conn {
                     tracing::info!("session started");
                     let session = Session::new(full, self.conn_id);
                     blocking::load(&self.node, &session.user).await;
-                    self.session = Some(session);
+                    self.bound = Some(Bound {
+                        session,
+                        sm: None,
+                        resume_rx: None,
+                        resume_timeout: 0,
+                        pending: VecDeque::new(),
+                        csi: CsiQueue::default(),
+                    });
                 }
                 Action::Stanza(el) => {
-                    if let Some(s) = self.session.as_mut() {
-                        modules::handle_stanza(&self.node, s, el).await;
-                        for reply in s.replies.drain(..) {
-                            self.out.extend_from_slice(&stanza::to_bytes(&reply));
+                    let mut replies = Vec::new();
+                    if let Some(b) = self.bound.as_mut() {
+                        modules::handle_stanza(&self.node, &mut b.session, el).await;
+                        // Counted only now that it is handled: routed to a
+                        // session or committed to storage (XEP-0198 `h`).
+                        if let Some(sm) = b.sm.as_mut() {
+                            sm.handled_one();
                         }
+                        replies = std::mem::take(&mut b.session.replies);
                     }
+                    for reply in replies {
+                        self.emit(reply);
+                    }
+                }
+                Action::Handled => {
+                    if let Some(sm) = self.sm_mut() {
+                        sm.handled_one();
+                    }
+                }
+                Action::EnableSm { resume, max } => self.enable_sm(resume, max),
+                Action::AckRequested => {
+                    if let Some(h) = self.sm_mut().map(|sm| sm.handled()) {
+                        self.out.extend_from_slice(
+                            format!("<a xmlns='{}' h='{h}'/>", sm::NS).as_bytes(),
+                        );
+                    }
+                }
+                Action::Acked(h) => self.on_ack(h),
+                Action::ClientState { active } => {
+                    let out = match self.bound.as_mut() {
+                        Some(b) => b.csi.set_active(active),
+                        None => Vec::new(),
+                    };
+                    for el in out {
+                        self.emit(el);
+                    }
+                }
+                Action::Resume { previd, h } => {
+                    let result = self.resume(&previd, h).await;
+                    inputs.push_back(Input::Resumed(result));
+                }
+                Action::SessionResumed(full) => {
+                    self.span.record("jid", tracing::field::display(&full));
+                    tracing::info!("session resumed");
+                    self.resend_after_resume();
                 }
                 Action::Close(err) => self.close_with(err),
             }
@@ -336,19 +606,275 @@ impl Conn {
         starttls
     }
 
-    /// Cleans up after the stream ended, however it ended.
+    fn enable_sm(&mut self, resume: bool, max: Option<u32>) {
+        let limits = &self.node.config.stream_management;
+        let Some(b) = self.bound.as_mut() else { return };
+        if b.sm.is_some() {
+            self.out.extend_from_slice(
+                format!(
+                    "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
+                    sm::NS,
+                    ns::STANZAS_ERR
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        let mut enabled = format!("<enabled xmlns='{}' id='{id}'", sm::NS);
+        if resume {
+            let timeout = max.map_or(limits.resume_timeout, |m| {
+                u64::from(m).min(limits.resume_timeout)
+            });
+            let (tx, rx) = mpsc::channel(1);
+            self.node.resumable.insert(
+                id.clone(),
+                ResumeHandle {
+                    user: b.session.user.clone(),
+                    tx,
+                },
+            );
+            b.resume_rx = Some(rx);
+            b.resume_timeout = timeout;
+            enabled.push_str(&format!(" resume='true' max='{timeout}'"));
+        }
+        enabled.push_str("/>");
+        b.sm = Some(SmState::new(id, resume, limits.max_unacked));
+        self.out.extend_from_slice(enabled.as_bytes());
+    }
+
+    fn on_ack(&mut self, h: u32) {
+        let Some(sm) = self.sm_mut() else { return };
+        match sm.on_ack(h) {
+            Ok(_) => {
+                let empty = sm.unacked_len() == 0;
+                self.ack_requested = false;
+                if empty {
+                    self.oldest_unacked = None;
+                } else {
+                    self.oldest_unacked = Some(Instant::now());
+                }
+            }
+            Err(e) => {
+                let mut err =
+                    StreamError::with_text(StreamErrorCondition::UndefinedCondition, e.to_string());
+                if let Some(app) = e.app_condition() {
+                    err = err.with_app(app);
+                }
+                self.close_with(Some(err));
+            }
+        }
+    }
+
+    /// Resends, after `<resumed/>`, what the client has not acknowledged
+    /// and then what arrived while it was away, in order.
+    fn resend_after_resume(&mut self) {
+        let Some(b) = self.bound.as_mut() else { return };
+        let mut again: Vec<Element> = b.sm.as_mut().map(|s| s.take_unacked()).unwrap_or_default();
+        again.extend(b.pending.drain(..));
+        self.oldest_unacked = None;
+        self.ack_requested = false;
+        for el in again {
+            self.deliver_to_client(el);
+        }
+        if self.sm_mut().is_some_and(|s| s.unacked_len() > 0) {
+            self.request_ack();
+        }
+    }
+
+    /// Looks for the session to resume and takes it over.
+    async fn resume(&mut self, previd: &str, h: u32) -> Result<(jid::FullJid, u32), Option<u32>> {
+        let user = self
+            .authenticated
+            .as_ref()
+            .and_then(|b| b.node())
+            .map(|n| n.to_string())
+            .ok_or(None)?;
+        let handle = self.node.resumable.get(previd).map(|h| h.clone());
+        let handover = match handle {
+            Some(handle) if handle.user == user => {
+                let (reply, answer) = oneshot::channel();
+                let request = ResumeRequest {
+                    user: user.clone(),
+                    h,
+                    reply,
+                };
+                if handle.tx.send(request).await.is_err() {
+                    return Err(None);
+                }
+                match tokio::time::timeout(HANDOVER_TIMEOUT, answer).await {
+                    Ok(Ok(result)) => result?,
+                    _ => return Err(None),
+                }
+            }
+            _ => {
+                let known = self.node.expired_sessions.get(previd);
+                return Err(known.filter(|e| e.0 == user).map(|e| e.1));
+            }
+        };
+        let Handover {
+            bound,
+            rx,
+            tx,
+            kill,
+            conn_id,
+        } = *handover;
+        let full = bound.session.jid.clone();
+        let handled = bound.sm.as_ref().map_or(0, |s| s.handled());
+        self.node
+            .router
+            .update(&bound.session.user, bound.session.resource(), |e| {
+                e.hibernating = false;
+            });
+        self.bound = Some(bound);
+        self.rx = Some(rx);
+        self.tx = tx;
+        self.kill = kill;
+        self.conn_id = conn_id;
+        Ok((full, handled))
+    }
+
+    /// Answers a resumption request: hands the whole session over when it
+    /// is valid. True when the session left this task.
+    fn handover(&mut self, req: ResumeRequest) -> bool {
+        let Some(b) = self.bound.as_mut() else {
+            let _ = req.reply.send(Err(None));
+            return false;
+        };
+        let Some(sm) = b.sm.as_mut() else {
+            let _ = req.reply.send(Err(None));
+            return false;
+        };
+        if req.user != b.session.user {
+            let _ = req.reply.send(Err(None));
+            return false;
+        }
+        if sm.on_ack(req.h).is_err() {
+            let _ = req.reply.send(Err(Some(sm.handled())));
+            return false;
+        }
+        // Held back by CSI: it came before anything that waited while detached.
+        let held = b.csi.flush();
+        for el in held.into_iter().rev() {
+            b.pending.push_front(el);
+        }
+        let (Some(bound), Some(rx)) = (self.bound.take(), self.rx.take()) else {
+            return false;
+        };
+        let handover = Handover {
+            bound,
+            rx,
+            tx: self.tx.clone(),
+            kill: self.kill.clone(),
+            conn_id: self.conn_id,
+        };
+        match req.reply.send(Ok(Box::new(handover))) {
+            Ok(()) => true,
+            Err(Ok(back)) => {
+                self.bound = Some(back.bound);
+                self.rx = Some(back.rx);
+                false
+            }
+            Err(Err(_)) => false,
+        }
+    }
+
+    /// The link dropped: keep the session for resumption until the
+    /// timeout, queueing what arrives for it.
+    async fn hibernate(&mut self) {
+        let Some(b) = self.bound.as_ref() else { return };
+        let (user, resource) = (b.session.user.clone(), b.session.resource().to_owned());
+        let timeout = Duration::from_secs(b.resume_timeout);
+        self.node
+            .router
+            .update(&user, &resource, |e| e.hibernating = true);
+        tracing::info!(?timeout, "connection lost; session waits for resumption");
+        let max = self.node.config.stream_management.max_unacked;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let resume_rx = self.bound.as_mut().and_then(|b| b.resume_rx.as_mut());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.kill.cancelled() => return,
+                req = recv_opt(resume_rx) => match req {
+                    Some(req) => {
+                        if self.handover(req) {
+                            tracing::info!("session resumed");
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                msg = recv_opt(self.rx.as_mut()) => match msg {
+                    Some(Outbound::Stanza(el)) => {
+                        let Some(b) = self.bound.as_mut() else { return };
+                        b.pending.push_back(el);
+                        let held = b.pending.len() + b.sm.as_ref().map_or(0, |s| s.unacked_len());
+                        if held > max {
+                            tracing::warn!("more than {max} stanzas held for a detached session; ending it");
+                            return;
+                        }
+                    }
+                    Some(Outbound::Close(_)) | None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!("resumption timed out");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Cleans up after the session ended, however it ended: nothing
+    /// unacknowledged or queued is lost (messages go to offline storage),
+    /// and nothing acknowledged is stored again.
     async fn finish(&mut self) {
-        let Some(mut s) = self.session.take() else {
+        let Some(mut b) = self.bound.take() else {
             return;
         };
-        presence::disconnected(&self.node, &mut s).await;
-        self.node.router.unbind(&s.user, s.resource(), s.conn_id);
-        blocking::unload(&self.node, &s.user);
-        // Stanzas still queued for us are not lost: messages go offline.
-        self.rx.close();
-        while let Ok(Outbound::Stanza(el)) = self.rx.try_recv() {
-            modules::offline::requeue(&self.node, &s, el).await;
+        if let Some(sm) = b.sm.as_mut() {
+            self.node.resumable.remove(&sm.id);
+            if sm.resumable {
+                self.node.expired_sessions.insert(
+                    sm.id.clone(),
+                    (b.session.user.clone(), sm.handled(), Instant::now()),
+                );
+            }
         }
+        presence::disconnected(&self.node, &mut b.session).await;
+        self.node
+            .router
+            .unbind(&b.session.user, b.session.resource(), self.conn_id);
+        blocking::unload(&self.node, &b.session.user);
+        let mut keep: Vec<Element> = b.sm.as_mut().map(|s| s.take_unacked()).unwrap_or_default();
+        keep.extend(b.csi.flush());
+        keep.extend(b.pending.drain(..));
+        keep.append(&mut self.overflow);
+        if let Some(rx) = self.rx.as_mut() {
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                if let Outbound::Stanza(el) = msg {
+                    keep.push(el);
+                }
+            }
+        }
+        for el in keep {
+            modules::offline::requeue(&self.node, &b.session, el).await;
+        }
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 

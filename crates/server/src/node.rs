@@ -19,6 +19,11 @@ pub struct Node {
     /// XEP-0191 block lists of users with a session, loaded at login so the
     /// routing path checks them without a database read.
     pub blocklists: DashMap<String, Arc<HashSet<String>>>,
+    /// XEP-0198 sessions that can be resumed, by resumption id.
+    pub resumable: DashMap<String, crate::connection::ResumeHandle>,
+    /// Resumption ids of sessions that ended, with their last handled
+    /// count, so a late `<resume/>` gets `<failed h=.../>`.
+    pub expired_sessions: DashMap<String, (String, u32, Instant)>,
 }
 
 impl Node {
@@ -35,6 +40,8 @@ impl Node {
             tls,
             started: Instant::now(),
             blocklists: DashMap::new(),
+            resumable: DashMap::new(),
+            expired_sessions: DashMap::new(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct SessionEntry {
     pub carbons: bool,
     /// Requested the roster: receives roster pushes (RFC 6121 2.1.6).
     pub interested: bool,
+    /// The connection dropped and the session waits for XEP-0198
+    /// resumption; its queue still accepts stanzas.
+    pub hibernating: bool,
 }
 
 impl SessionEntry {
@@ -124,6 +127,7 @@ impl Router {
             presence: None,
             carbons: false,
             interested: false,
+            hibernating: false,
         });
         Ok(full)
     }

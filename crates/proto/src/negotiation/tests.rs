@@ -1,6 +1,7 @@
 //! Stream negotiation driven event by event, without sockets.
 
 use super::*;
+use crate::stanza;
 use crate::xml::Framer;
 
 fn settings() -> C2sSettings {
@@ -35,7 +36,8 @@ fn writes(actions: &[Action]) -> String {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Write(s) => Some(s.as_str()),
+            Action::Write(s) => Some(s.clone()),
+            Action::Reply(el) => Some(stanza::to_string(el)),
             _ => None,
         })
         .collect()
@@ -375,4 +377,122 @@ fn framer_and_negotiator_together_reject_oversized_stanza() {
         out.last(),
         Some(Action::Close(Some(e))) if e.condition == StreamErrorCondition::PolicyViolation
     ));
+}
+
+#[test]
+fn stream_management_nonzas_become_actions() {
+    let mut n = bound("alice");
+    let a = run(
+        &mut n,
+        Input::Frame(el("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")),
+    );
+    assert_eq!(
+        a,
+        vec![Action::EnableSm {
+            resume: true,
+            max: None
+        }]
+    );
+    assert_eq!(
+        run(&mut n, Input::Frame(el("<r xmlns='urn:xmpp:sm:3'/>"))),
+        vec![Action::AckRequested]
+    );
+    assert_eq!(
+        run(&mut n, Input::Frame(el("<a xmlns='urn:xmpp:sm:3' h='7'/>"))),
+        vec![Action::Acked(7)]
+    );
+    let a = run(
+        &mut n,
+        Input::Frame(el("<a xmlns='urn:xmpp:sm:3' h='-1'/>")),
+    );
+    assert!(
+        matches!(a.last(), Some(Action::Close(Some(e))) if e.condition == StreamErrorCondition::BadFormat)
+    );
+}
+
+#[test]
+fn client_state_indication_becomes_actions() {
+    let mut n = bound("alice");
+    assert_eq!(
+        run(
+            &mut n,
+            Input::Frame(el("<inactive xmlns='urn:xmpp:csi:0'/>"))
+        ),
+        vec![Action::ClientState { active: false }]
+    );
+    assert_eq!(
+        run(&mut n, Input::Frame(el("<active xmlns='urn:xmpp:csi:0'/>"))),
+        vec![Action::ClientState { active: true }]
+    );
+}
+
+fn authenticated() -> C2sNegotiator {
+    let mut n = C2sNegotiator::new(settings());
+    n.stage = Stage::PostAuth;
+    n.link = tls_link();
+    let w = writes(&run(&mut n, Input::Frame(header())));
+    assert!(w.contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{w}");
+    assert!(w.contains("<csi xmlns='urn:xmpp:csi:0'/>"), "{w}");
+    n
+}
+
+#[test]
+fn resume_instead_of_bind() {
+    let mut n = authenticated();
+    let a = run(
+        &mut n,
+        Input::Frame(el("<resume xmlns='urn:xmpp:sm:3' previd='abc' h='4'/>")),
+    );
+    assert_eq!(
+        a,
+        vec![Action::Resume {
+            previd: "abc".into(),
+            h: 4
+        }]
+    );
+    let full: FullJid = "alice@localhost/phone".parse().expect("jid");
+    let a = run(&mut n, Input::Resumed(Ok((full.clone(), 9))));
+    assert_eq!(
+        writes(&a),
+        "<resumed xmlns='urn:xmpp:sm:3' previd='abc' h='9'/>"
+    );
+    assert!(a.contains(&Action::SessionResumed(full)));
+    // The resumed stream carries stanzas at once.
+    let a = run(
+        &mut n,
+        Input::Frame(el("<message xmlns='jabber:client' to='bob@localhost'/>")),
+    );
+    assert!(matches!(a.as_slice(), [Action::Stanza(_)]));
+}
+
+#[test]
+fn failed_resume_reports_h_and_allows_bind() {
+    let mut n = authenticated();
+    run(
+        &mut n,
+        Input::Frame(el("<resume xmlns='urn:xmpp:sm:3' previd='gone' h='0'/>")),
+    );
+    let a = run(&mut n, Input::Resumed(Err(Some(12))));
+    assert_eq!(
+        writes(&a),
+        "<failed xmlns='urn:xmpp:sm:3' h='12'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
+    let bind = "<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+    assert_eq!(
+        run(&mut n, Input::Frame(el(bind))),
+        vec![Action::Bind { requested: None }]
+    );
+}
+
+#[test]
+fn stanzas_answered_by_the_core_count_as_handled() {
+    let mut n = bound("alice");
+    let a = run(
+        &mut n,
+        Input::Frame(el("<message xmlns='jabber:client' to='@@bad' id='m1'/>")),
+    );
+    assert!(
+        matches!(a.as_slice(), [Action::Reply(_), Action::Handled]),
+        "{a:?}"
+    );
 }

@@ -73,6 +73,7 @@ pub async fn deliver(
             resource: &e.resource,
             available: e.available,
             priority: e.priority,
+            hibernating: e.hibernating,
         })
         .collect();
     let disposition = match to.resource() {

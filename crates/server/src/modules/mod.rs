@@ -25,6 +25,7 @@ use tributary_proto::ns;
 use tributary_proto::stanza::{self, StanzaKind};
 
 /// The connection-side state of one bound session, owned by its task.
+#[derive(Debug)]
 pub struct Session {
     pub jid: FullJid,
     pub bare: BareJid,

@@ -3,6 +3,8 @@
 //! certificate.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use futures::{SinkExt, StreamExt};
 use std::future::Future;
 use std::sync::Arc;
