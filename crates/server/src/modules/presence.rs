@@ -109,6 +109,11 @@ async fn available(node: &Node, s: &mut Session, pres: Element) {
             e.deliver(copy);
         }
     }
+    // RFC 6121 4.2.2 and 4.4.2: the resource that sent it gets it too, which
+    // tells the client its presence was broadcast.
+    let mut echo = pres.clone();
+    stanza::set_attr(&mut echo, "to", s.jid.to_string());
+    s.replies.push(echo);
     if !first {
         return;
     }
@@ -177,6 +182,12 @@ async fn probe(node: &Node, s: &Session, contact: &BareJid) -> Vec<Element> {
 
 /// Unavailable presence, sent by the client or on its behalf at disconnect.
 async fn unavailable(node: &Node, s: &mut Session, pres: Option<Element>) {
+    if let Some(p) = &pres {
+        // RFC 6121 4.5.2: echoed to the resource that sent it.
+        let mut echo = p.clone();
+        stanza::set_attr(&mut echo, "to", s.jid.to_string());
+        s.replies.push(echo);
+    }
     let pres = pres.unwrap_or_else(|| {
         stanza::element(
             "presence",
