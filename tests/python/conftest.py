@@ -145,7 +145,8 @@ class Server:
             self.proc.wait(timeout=5)
 
 
-def write_config(path: Path, data_dir: Path, c2s: int, c2s_tls: int) -> None:
+def write_config(path: Path, data_dir: Path, c2s: int, c2s_tls: int, extra: str = "") -> None:
+    """Writes the test config; `extra` (TOML sections) is appended."""
     path.write_text(
         f"""\
 domain = "{DOMAIN}"
@@ -164,6 +165,7 @@ auth_failure_delay_ms = 20
 auth_failure_delay_max_ms = 200
 login_timeout = 15
 """
+        + extra
     )
 
 
@@ -187,9 +189,9 @@ def tributary_binary() -> Path:
     return binary
 
 
-@pytest.fixture
-def server(request, tmp_path, tributary_binary) -> Server:
-    """A running tributary node with the accounts in USERS."""
+def _running_server(request, tmp_path, extra_config: str = ""):
+    """Generator behind the server fixtures: starts a node with the accounts
+    in USERS, yields it, stops it and shows its log tail on failure."""
     data_dir = tmp_path / "data"
     srv = Server(
         domain=DOMAIN,
@@ -202,7 +204,7 @@ def server(request, tmp_path, tributary_binary) -> Server:
     )
     while srv.c2s_tls_port == srv.c2s_port:
         srv.c2s_tls_port = free_port()
-    write_config(srv.config_path, data_dir, srv.c2s_port, srv.c2s_tls_port)
+    write_config(srv.config_path, data_dir, srv.c2s_port, srv.c2s_tls_port, extra_config)
     for user, password in USERS.items():
         srv.add_user(user, password)
     died = None
@@ -231,3 +233,31 @@ def server(request, tmp_path, tributary_binary) -> Server:
             f"log tail:\n{srv.log_tail()}",
             pytrace=False,
         )
+
+
+@pytest.fixture
+def server(request, tmp_path, tributary_binary) -> Server:
+    """A running tributary node with the accounts in USERS (default timers)."""
+    yield from _running_server(request, tmp_path)
+
+
+# Short XEP-0198 / keepalive timers: a silent peer is pinged after
+# IDLE_PING s, treated as lost DEAD_AFTER s later, and its detached session
+# expires RESUME_TIMEOUT s after that.
+FAST_IDLE_PING = 1
+FAST_DEAD_AFTER = 1
+FAST_RESUME_TIMEOUT = 3
+
+
+@pytest.fixture
+def fast_server(request, tmp_path, tributary_binary) -> Server:
+    """Like `server`, with the short timers above so dead-peer detection and
+    session expiry happen within seconds."""
+    yield from _running_server(request, tmp_path, f"""
+[stream_management]
+resume_timeout = {FAST_RESUME_TIMEOUT}
+
+[keepalive]
+idle_ping = {FAST_IDLE_PING}
+dead_after = {FAST_DEAD_AFTER}
+""")

@@ -12,6 +12,7 @@ use crate::limits::ReadRate;
 use crate::modules::{self, blocking, presence, Session};
 use crate::node::Node;
 use crate::router::{BindRequest, Outbound};
+use crate::stream::Outgoing;
 use minidom::Element;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -66,6 +67,7 @@ pub struct ResumeRequest {
 #[derive(Debug)]
 pub struct Handover {
     bound: Bound,
+    sm: Option<SmState>,
     rx: mpsc::Receiver<Outbound>,
     tx: mpsc::Sender<Outbound>,
     kill: CancellationToken,
@@ -76,7 +78,6 @@ pub struct Handover {
 #[derive(Debug)]
 struct Bound {
     session: Session,
-    sm: Option<SmState>,
     /// Resumption requests for this session (when resumable).
     resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
     /// Seconds the session waits for resumption after its link dropped.
@@ -142,22 +143,16 @@ struct Conn {
     kill: CancellationToken,
     shutdown: CancellationToken,
     bound: Option<Bound>,
-    /// Bytes waiting to be written.
-    out: Vec<u8>,
+    /// Bytes and stanzas going out, with their XEP-0198 bookkeeping.
+    outgoing: Outgoing,
     /// The account of the SASL attempt in progress, for failure accounting.
     attempted_user: Option<String>,
     /// The account authenticated on this stream, once SASL succeeded.
     authenticated: Option<jid::BareJid>,
     closing: bool,
-    /// Stanzas that could not be kept for the client (over the unacked
-    /// limit); they go to offline storage when the session ends.
-    overflow: Vec<Element>,
     last_read: Instant,
     /// When we asked an idle peer whether it is still there.
     probe_sent: Option<Instant>,
-    /// When the oldest stanza still waiting for an ack was sent.
-    oldest_unacked: Option<Instant>,
-    ack_requested: bool,
 }
 
 impl Conn {
@@ -176,6 +171,12 @@ impl Conn {
             max_auth_failures: limits.max_auth_failures,
         };
         let (tx, rx) = mpsc::channel(limits.session_queue);
+        let sm_config = &node.config.stream_management;
+        let outgoing = Outgoing::new(
+            sm_config.ack_request_every,
+            Duration::from_millis(sm_config.ack_request_delay_ms),
+            |el| el,
+        );
         Conn {
             negotiator: C2sNegotiator::new(settings),
             framer: Framer::new(limits.max_stanza_bytes),
@@ -186,15 +187,12 @@ impl Conn {
             kill: CancellationToken::new(),
             shutdown,
             bound: None,
-            out: Vec::new(),
+            outgoing,
             attempted_user: None,
             authenticated: None,
             closing: false,
-            overflow: Vec::new(),
             last_read: Instant::now(),
             probe_sent: None,
-            oldest_unacked: None,
-            ack_requested: false,
             node,
             peer,
             span,
@@ -229,9 +227,7 @@ impl Conn {
     }
 
     fn resumable(&self) -> bool {
-        self.bound
-            .as_ref()
-            .is_some_and(|b| b.sm.as_ref().is_some_and(|s| s.resumable))
+        self.bound.is_some() && self.outgoing.sm.as_ref().is_some_and(|s| s.resumable)
     }
 
     /// Runs the stream until it closes, drops, is handed over, or asks
@@ -244,7 +240,7 @@ impl Conn {
             if self.bound.is_none() && self.rx.is_none() {
                 return End::HandedOver;
             }
-            if !self.out.is_empty() && !self.flush(&mut stream).await {
+            if !self.outgoing.out.is_empty() && !self.flush(&mut stream).await {
                 return End::Lost;
             }
             if self.closing {
@@ -318,13 +314,7 @@ impl Conn {
             Some(t) => t + Duration::from_secs(ka.dead_after),
             None => self.last_read + Duration::from_secs(ka.idle_ping),
         };
-        let ack = match (self.oldest_unacked, self.ack_requested) {
-            (Some(t), false) => Some(
-                t + Duration::from_millis(self.node.config.stream_management.ack_request_delay_ms),
-            ),
-            _ => None,
-        };
-        Some(ack.map_or(probe, |a| a.min(probe)))
+        Some(self.outgoing.ack_due().map_or(probe, |a| a.min(probe)))
     }
 
     /// Handles due timers; true when the peer is considered dead.
@@ -338,22 +328,15 @@ impl Conn {
             self.probe_sent = Some(now);
             self.probe_peer();
         }
-        if let (Some(t), false) = (self.oldest_unacked, self.ack_requested) {
-            let delay =
-                Duration::from_millis(self.node.config.stream_management.ack_request_delay_ms);
-            if now >= t + delay {
-                self.request_ack();
-            }
-        }
+        self.outgoing.on_timer(now);
         false
     }
 
     /// Asks an idle peer for a sign of life: an SM ack request if it has
     /// stream management, else a XEP-0199 ping.
     fn probe_peer(&mut self) {
-        let has_sm = self.bound.as_ref().is_some_and(|b| b.sm.is_some());
-        if has_sm {
-            self.request_ack();
+        if self.outgoing.sm.is_some() {
+            self.outgoing.request_ack();
             return;
         }
         let Some(b) = &self.bound else { return };
@@ -371,15 +354,6 @@ impl Conn {
         self.emit(ping);
     }
 
-    fn request_ack(&mut self) {
-        if let Some(sm) = self.bound.as_mut().and_then(|b| b.sm.as_mut()) {
-            sm.requested();
-            self.ack_requested = true;
-            self.out
-                .extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
-        }
-    }
-
     /// A stanza routed to this client: through CSI, then out.
     fn deliver_to_client(&mut self, el: Element) {
         let Some(b) = self.bound.as_mut() else { return };
@@ -391,34 +365,20 @@ impl Conn {
     /// Writes a stanza to the client, keeping it until acknowledged when
     /// stream management is on.
     fn emit(&mut self, el: Element) {
-        let every = self.node.config.stream_management.ack_request_every;
-        let mut ask = false;
-        if let Some(sm) = self.bound.as_mut().and_then(|b| b.sm.as_mut()) {
-            if let Err(e) = sm.on_send(el.clone()) {
-                tracing::warn!("{e}; closing the stream");
-                self.overflow.push(el);
-                if !self.closing {
-                    self.close_with(Some(StreamError::with_text(
-                        StreamErrorCondition::PolicyViolation,
-                        "too many unacknowledged stanzas",
-                    )));
-                }
-                return;
+        if let Err(e) = self.outgoing.emit(el) {
+            tracing::warn!("{e}; closing the stream");
+            if !self.closing {
+                self.close_with(Some(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many unacknowledged stanzas",
+                )));
             }
-            ask = sm.should_request(every);
-            if self.oldest_unacked.is_none() {
-                self.oldest_unacked = Some(Instant::now());
-            }
-        }
-        self.out.extend_from_slice(&stanza::to_bytes(&el));
-        if ask {
-            self.request_ack();
         }
     }
 
     /// Writes everything pending; false when the peer is gone or stuck.
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> bool {
-        let data = std::mem::take(&mut self.out);
+        let data = std::mem::take(&mut self.outgoing.out);
         let write = async {
             stream.write_all(&data).await?;
             stream.flush().await
@@ -436,9 +396,9 @@ impl Conn {
     fn close_with(&mut self, err: Option<StreamError>) {
         if let Some(e) = &err {
             tracing::info!(error = %e, "closing stream");
-            self.out.extend_from_slice(e.to_xml().as_bytes());
+            self.outgoing.raw(e.to_xml().as_bytes());
         }
-        self.out.extend_from_slice(b"</stream:stream>");
+        self.outgoing.raw(b"</stream:stream>");
         self.closing = true;
     }
 
@@ -479,15 +439,11 @@ impl Conn {
         false
     }
 
-    fn sm_mut(&mut self) -> Option<&mut SmState> {
-        self.bound.as_mut().and_then(|b| b.sm.as_mut())
-    }
-
     async fn apply(&mut self, actions: Vec<Action>, inputs: &mut VecDeque<Input>) -> bool {
         let mut starttls = false;
         for action in actions {
             match action {
-                Action::Write(s) => self.out.extend_from_slice(s.as_bytes()),
+                Action::Write(s) => self.outgoing.raw(s.as_bytes()),
                 Action::Reply(el) => self.emit(el),
                 Action::StartTls => starttls = true,
                 Action::ResetFramer => self.framer.reset(),
@@ -546,7 +502,6 @@ impl Conn {
                     blocking::load(&self.node, &session.user).await;
                     self.bound = Some(Bound {
                         session,
-                        sm: None,
                         resume_rx: None,
                         resume_timeout: 0,
                         pending: VecDeque::new(),
@@ -557,30 +512,18 @@ impl Conn {
                     let mut replies = Vec::new();
                     if let Some(b) = self.bound.as_mut() {
                         modules::handle_stanza(&self.node, &mut b.session, el).await;
-                        // Counted only now that it is handled: routed to a
-                        // session or committed to storage (XEP-0198 `h`).
-                        if let Some(sm) = b.sm.as_mut() {
-                            sm.handled_one();
-                        }
                         replies = std::mem::take(&mut b.session.replies);
                     }
+                    // Counted only now that it is handled: routed to a
+                    // session or committed to storage (XEP-0198 `h`).
+                    self.outgoing.handled_one();
                     for reply in replies {
                         self.emit(reply);
                     }
                 }
-                Action::Handled => {
-                    if let Some(sm) = self.sm_mut() {
-                        sm.handled_one();
-                    }
-                }
+                Action::Handled => self.outgoing.handled_one(),
                 Action::EnableSm { resume, max } => self.enable_sm(resume, max),
-                Action::AckRequested => {
-                    if let Some(h) = self.sm_mut().map(|sm| sm.handled()) {
-                        self.out.extend_from_slice(
-                            format!("<a xmlns='{}' h='{h}'/>", sm::NS).as_bytes(),
-                        );
-                    }
-                }
+                Action::AckRequested => self.outgoing.answer_ack_request(),
                 Action::Acked(h) => self.on_ack(h),
                 Action::ClientState { active } => {
                     let out = match self.bound.as_mut() {
@@ -609,8 +552,8 @@ impl Conn {
     fn enable_sm(&mut self, resume: bool, max: Option<u32>) {
         let limits = &self.node.config.stream_management;
         let Some(b) = self.bound.as_mut() else { return };
-        if b.sm.is_some() {
-            self.out.extend_from_slice(
+        if self.outgoing.sm.is_some() {
+            self.outgoing.raw(
                 format!(
                     "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
                     sm::NS,
@@ -639,46 +582,33 @@ impl Conn {
             enabled.push_str(&format!(" resume='true' max='{timeout}'"));
         }
         enabled.push_str("/>");
-        b.sm = Some(SmState::new(id, resume, limits.max_unacked));
-        self.out.extend_from_slice(enabled.as_bytes());
+        self.outgoing.sm = Some(SmState::new(id, resume, limits.max_unacked));
+        self.outgoing.raw(enabled.as_bytes());
     }
 
     fn on_ack(&mut self, h: u32) {
-        let Some(sm) = self.sm_mut() else { return };
-        match sm.on_ack(h) {
-            Ok(_) => {
-                let empty = sm.unacked_len() == 0;
-                self.ack_requested = false;
-                if empty {
-                    self.oldest_unacked = None;
-                } else {
-                    self.oldest_unacked = Some(Instant::now());
-                }
+        if let Err(e) = self.outgoing.on_ack(h) {
+            let mut err =
+                StreamError::with_text(StreamErrorCondition::UndefinedCondition, e.to_string());
+            if let Some(app) = e.app_condition() {
+                err = err.with_app(app);
             }
-            Err(e) => {
-                let mut err =
-                    StreamError::with_text(StreamErrorCondition::UndefinedCondition, e.to_string());
-                if let Some(app) = e.app_condition() {
-                    err = err.with_app(app);
-                }
-                self.close_with(Some(err));
-            }
+            self.close_with(Some(err));
         }
     }
 
     /// Resends, after `<resumed/>`, what the client has not acknowledged
     /// and then what arrived while it was away, in order.
     fn resend_after_resume(&mut self) {
-        let Some(b) = self.bound.as_mut() else { return };
-        let mut again: Vec<Element> = b.sm.as_mut().map(|s| s.take_unacked()).unwrap_or_default();
-        again.extend(b.pending.drain(..));
-        self.oldest_unacked = None;
-        self.ack_requested = false;
+        let mut again = self.outgoing.take_unacked();
+        if let Some(b) = self.bound.as_mut() {
+            again.extend(b.pending.drain(..));
+        }
         for el in again {
             self.deliver_to_client(el);
         }
-        if self.sm_mut().is_some_and(|s| s.unacked_len() > 0) {
-            self.request_ack();
+        if self.outgoing.unacked_len() > 0 {
+            self.outgoing.request_ack();
         }
     }
 
@@ -714,13 +644,15 @@ impl Conn {
         };
         let Handover {
             bound,
+            sm,
             rx,
             tx,
             kill,
             conn_id,
         } = *handover;
         let full = bound.session.jid.clone();
-        let handled = bound.sm.as_ref().map_or(0, |s| s.handled());
+        let handled = sm.as_ref().map_or(0, |s| s.handled());
+        self.outgoing.sm = sm;
         self.node
             .router
             .update(&bound.session.user, bound.session.resource(), |e| {
@@ -741,7 +673,7 @@ impl Conn {
             let _ = req.reply.send(Err(None));
             return false;
         };
-        let Some(sm) = b.sm.as_mut() else {
+        let Some(sm) = self.outgoing.sm.as_mut() else {
             let _ = req.reply.send(Err(None));
             return false;
         };
@@ -763,6 +695,7 @@ impl Conn {
         };
         let handover = Handover {
             bound,
+            sm: self.outgoing.sm.take(),
             rx,
             tx: self.tx.clone(),
             kill: self.kill.clone(),
@@ -772,6 +705,7 @@ impl Conn {
             Ok(()) => true,
             Err(Ok(back)) => {
                 self.bound = Some(back.bound);
+                self.outgoing.sm = back.sm;
                 self.rx = Some(back.rx);
                 false
             }
@@ -809,7 +743,7 @@ impl Conn {
                     Some(Outbound::Stanza(el)) => {
                         let Some(b) = self.bound.as_mut() else { return };
                         b.pending.push_back(el);
-                        let held = b.pending.len() + b.sm.as_ref().map_or(0, |s| s.unacked_len());
+                        let held = b.pending.len() + self.outgoing.unacked_len();
                         if held > max {
                             tracing::warn!("more than {max} stanzas held for a detached session; ending it");
                             return;
@@ -832,7 +766,7 @@ impl Conn {
         let Some(mut b) = self.bound.take() else {
             return;
         };
-        if let Some(sm) = b.sm.as_mut() {
+        if let Some(sm) = self.outgoing.sm.as_ref() {
             self.node.resumable.remove(&sm.id);
             if sm.resumable {
                 self.node.expired_sessions.insert(
@@ -846,10 +780,10 @@ impl Conn {
             .router
             .unbind(&b.session.user, b.session.resource(), self.conn_id);
         blocking::unload(&self.node, &b.session.user);
-        let mut keep: Vec<Element> = b.sm.as_mut().map(|s| s.take_unacked()).unwrap_or_default();
+        let mut keep = self.outgoing.take_unacked();
         keep.extend(b.csi.flush());
         keep.extend(b.pending.drain(..));
-        keep.append(&mut self.overflow);
+        keep.append(&mut self.outgoing.overflow);
         if let Some(rx) = self.rx.as_mut() {
             rx.close();
             while let Ok(msg) = rx.try_recv() {

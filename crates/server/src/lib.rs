@@ -8,6 +8,7 @@ pub mod listener;
 pub mod modules;
 pub mod node;
 pub mod router;
+pub mod stream;
 pub mod tls;
 
 pub use config::Config;
