@@ -6,6 +6,7 @@
 //! tokio layer in `tributary-server` only moves bytes and performs lookups;
 //! this keeps every protocol decision testable without I/O.
 
+pub mod component;
 pub mod csi;
 pub mod error;
 pub mod negotiation;

@@ -616,28 +616,10 @@ impl C2sNegotiator {
 
     /// Stream-level elements of an established session: XEP-0198 and XEP-0352.
     fn on_nonza(&mut self, el: &Element, out: &mut Vec<Action>) -> bool {
-        if el.has_ns(crate::sm::NS) {
-            match el.name() {
-                "enable" => out.push(Action::EnableSm {
-                    resume: matches!(el.attr("resume"), Some("true" | "1")),
-                    max: el.attr("max").and_then(|m| m.parse().ok()),
-                }),
-                "r" => out.push(Action::AckRequested),
-                "a" => match crate::sm::parse_h(el) {
-                    Some(h) => out.push(Action::Acked(h)),
-                    None => self.fail(
-                        StreamError::with_text(
-                            StreamErrorCondition::BadFormat,
-                            "ack without a valid h",
-                        ),
-                        out,
-                    ),
-                },
-                "resume" => out.push(Action::Write(sm_failed(None, "unexpected-request"))),
-                _ => self.fail(
-                    StreamError::new(StreamErrorCondition::UnsupportedStanzaType),
-                    out,
-                ),
+        if let Some(parsed) = crate::sm::parse_nonza(el) {
+            match sm_action(parsed) {
+                Ok(action) => out.push(action),
+                Err(e) => self.fail(e, out),
             }
             return true;
         }
@@ -728,9 +710,22 @@ fn valid_iq(el: &Element) -> bool {
     }
 }
 
+/// The action for a XEP-0198 element on an established stream (shared by
+/// client and component streams).
+pub fn sm_action(parsed: Result<crate::sm::Nonza, &'static str>) -> Result<Action, StreamError> {
+    use crate::sm::Nonza;
+    match parsed {
+        Ok(Nonza::Enable { resume, max }) => Ok(Action::EnableSm { resume, max }),
+        Ok(Nonza::Request) => Ok(Action::AckRequested),
+        Ok(Nonza::Ack(h)) => Ok(Action::Acked(h)),
+        Ok(Nonza::Resume) => Ok(Action::Write(sm_failed(None, "unexpected-request"))),
+        Err(why) => Err(StreamError::with_text(StreamErrorCondition::BadFormat, why)),
+    }
+}
+
 /// XEP-0198 `<failed/>` with a stanza error condition and, when known,
 /// the handled count.
-fn sm_failed(h: Option<u32>, condition: &str) -> String {
+pub fn sm_failed(h: Option<u32>, condition: &str) -> String {
     let h = h.map(|h| format!(" h='{h}'")).unwrap_or_default();
     format!(
         "<failed xmlns='{}'{h}><{condition} xmlns='{}'/></failed>",

@@ -144,6 +144,36 @@ impl SmState {
     }
 }
 
+/// A XEP-0198 element received on an established stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nonza {
+    Enable {
+        resume: bool,
+        max: Option<u32>,
+    },
+    Request,
+    Ack(u32),
+    /// `<resume/>` where it is not allowed.
+    Resume,
+}
+
+/// Classifies an element in the SM namespace; `Err` names what is wrong.
+pub fn parse_nonza(el: &Element) -> Option<Result<Nonza, &'static str>> {
+    if !el.has_ns(NS) {
+        return None;
+    }
+    Some(match el.name() {
+        "enable" => Ok(Nonza::Enable {
+            resume: matches!(el.attr("resume"), Some("true" | "1")),
+            max: el.attr("max").and_then(|m| m.parse().ok()),
+        }),
+        "r" => Ok(Nonza::Request),
+        "a" => parse_h(el).map(Nonza::Ack).ok_or("ack without a valid h"),
+        "resume" => Ok(Nonza::Resume),
+        _ => Err("unknown stream management element"),
+    })
+}
+
 /// Parses the `h` attribute of `<a/>` or `<resume/>`.
 pub fn parse_h(el: &Element) -> Option<u32> {
     el.attr("h")?.parse().ok()

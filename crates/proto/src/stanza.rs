@@ -125,6 +125,32 @@ pub fn error_reply(req: &Element, cond: StanzaErrorCondition, text: Option<&str>
     reply
 }
 
+/// Moves an element and its descendants from one namespace to another
+/// (`jabber:client` and `jabber:component:accept` carry the same stanzas;
+/// RFC 6120 4.8.3 has servers translate between them).
+pub fn translate(el: Element, from_ns: &str, to_ns: &str) -> Element {
+    if !el.has_ns(from_ns) && !el.children().any(|c| c.has_ns(from_ns)) {
+        return el;
+    }
+    let ns = if el.has_ns(from_ns) {
+        to_ns.to_owned()
+    } else {
+        el.ns()
+    };
+    let mut out = Element::bare(el.name(), ns);
+    *out.attrs_mut() = el.attrs().clone();
+    let mut el = el;
+    for node in el.take_nodes() {
+        match node {
+            minidom::Node::Element(child) => {
+                out.append_child(translate(child, from_ns, to_ns));
+            }
+            minidom::Node::Text(t) => out.append_text_node(t),
+        }
+    }
+    out
+}
+
 /// Serialises an element as a string for writing on a stream.
 pub fn to_string(el: &Element) -> String {
     String::from_utf8(to_bytes(el)).unwrap_or_default()
@@ -162,6 +188,23 @@ mod tests {
         assert_eq!(from(&err), Some("x@localhost"));
         assert_eq!(id(&err), Some("7"));
         assert_eq!(stanza_type(&err), Some("error"));
+    }
+
+    #[test]
+    fn translate_moves_only_the_given_namespace() {
+        let el: Element = "<message xmlns='jabber:component:accept' to='a@b'><body>x</body><x xmlns='urn:other'><y/></x></message>"
+            .parse()
+            .expect("xml");
+        let t = translate(el, ns::COMPONENT_ACCEPT, ns::CLIENT);
+        assert!(t.is("message", ns::CLIENT));
+        assert_eq!(t.attr("to"), Some("a@b"));
+        assert_eq!(
+            t.get_child("body", ns::CLIENT).map(|b| b.text()),
+            Some("x".into())
+        );
+        assert!(t
+            .get_child("x", "urn:other")
+            .is_some_and(|x| x.has_child("y", "urn:other")));
     }
 
     #[test]

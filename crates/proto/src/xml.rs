@@ -13,6 +13,7 @@ use rxml::{Event, Parse, Parser};
 /// Attributes of a received `<stream:stream>` header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamHeader {
+    pub id: Option<String>,
     pub to: Option<String>,
     pub from: Option<String>,
     pub version: Option<String>,
@@ -108,6 +109,7 @@ impl Framer {
                         })
                         .map(|(_, v)| v.clone());
                     return Ok(Some(Frame::StreamOpen(StreamHeader {
+                        id: get("id"),
                         to: get("to"),
                         from: get("from"),
                         version: get("version"),
@@ -204,6 +206,7 @@ mod tests {
         assert_eq!(
             f[0],
             Frame::StreamOpen(StreamHeader {
+                id: None,
                 to: Some("localhost".into()),
                 from: None,
                 version: Some("1.0".into()),

@@ -36,6 +36,17 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub stream_management: StreamManagementConfig,
     pub keepalive: KeepaliveConfig,
+    /// External components (XEP-0114): processors connect as these.
+    #[serde(rename = "component")]
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One component domain and the secret its connections authenticate with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub domain: String,
+    pub secret: String,
 }
 
 /// XEP-0198 policy.
@@ -101,6 +112,8 @@ pub struct ListenConfig {
     pub c2s: String,
     /// Direct TLS listener (XEP-0368); empty string disables it.
     pub c2s_tls: String,
+    /// XEP-0114 component listener; empty string disables it.
+    pub component: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +156,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             stream_management: StreamManagementConfig::default(),
             keepalive: KeepaliveConfig::default(),
+            components: Vec::new(),
         }
     }
 }
@@ -152,6 +166,7 @@ impl Default for ListenConfig {
         ListenConfig {
             c2s: "127.0.0.1:5222".into(),
             c2s_tls: "127.0.0.1:5223".into(),
+            component: "127.0.0.1:5275".into(),
         }
     }
 }
@@ -240,6 +255,30 @@ impl Config {
                 ));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.components {
+            let valid = jid::BareJid::new(&c.domain)
+                .ok()
+                .filter(|j| j.node().is_none());
+            if valid.is_none() || c.domain == self.domain {
+                return Err(invalid(
+                    "component.domain",
+                    format!("{:?} is not a usable component domain", c.domain),
+                ));
+            }
+            if !seen.insert(c.domain.to_ascii_lowercase()) {
+                return Err(invalid(
+                    "component.domain",
+                    format!("{:?} is declared twice", c.domain),
+                ));
+            }
+            if c.secret.is_empty() {
+                return Err(invalid(
+                    "component.secret",
+                    format!("empty secret for {}", c.domain),
+                ));
+            }
+        }
         if self.listen.c2s.is_empty() && self.listen.c2s_tls.is_empty() {
             return Err(invalid("listen", "at least one listener is needed".into()));
         }
@@ -284,6 +323,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `domain` is a configured component domain.
+    pub fn is_component(&self, domain: &str) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.domain.eq_ignore_ascii_case(domain))
     }
 
     pub fn is_admin(&self, bare: &str) -> bool {
@@ -334,6 +380,23 @@ mod tests {
         assert!(err.to_string().contains("max_stanza_bytes"), "{err}");
         let err = Config::parse("domain = \"a@b\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("domain"), "{err}");
+    }
+
+    #[test]
+    fn components_are_checked() {
+        let ok = "[[component]]\ndomain = \"collect.localhost\"\nsecret = \"s\"\n";
+        let c = Config::parse(ok, Path::new("x.toml")).expect("valid");
+        assert!(c.is_component("collect.localhost"));
+        let twice = format!("{ok}{ok}");
+        assert!(Config::parse(&twice, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("component.domain"));
+        let empty = "[[component]]\ndomain = \"c.localhost\"\nsecret = \"\"\n";
+        assert!(Config::parse(empty, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("component.secret"));
     }
 
     #[test]

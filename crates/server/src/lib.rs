@@ -1,6 +1,7 @@
 //! The tokio side of a Tributary node: listeners, connections, the session
 //! router, and the feature modules that answer and route stanzas.
 
+pub mod component;
 pub mod config;
 pub mod connection;
 pub mod limits;

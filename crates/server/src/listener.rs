@@ -31,6 +31,7 @@ pub struct Running {
     pub node: Arc<Node>,
     pub c2s: Option<SocketAddr>,
     pub c2s_tls: Option<SocketAddr>,
+    pub component: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -73,14 +74,24 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         node: node.clone(),
         c2s: None,
         c2s_tls: None,
+        component: None,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     };
-    for (addr, transport) in [
-        (node.config.listen.c2s.clone(), Transport::StartTls),
-        (node.config.listen.c2s_tls.clone(), Transport::DirectTls),
+    for (addr, kind) in [
+        (
+            node.config.listen.c2s.clone(),
+            Kind::C2s(Transport::StartTls),
+        ),
+        (
+            node.config.listen.c2s_tls.clone(),
+            Kind::C2s(Transport::DirectTls),
+        ),
+        (node.config.listen.component.clone(), Kind::Component),
     ] {
-        if addr.is_empty() {
+        // No component port is opened while no component is declared.
+        let unused = matches!(kind, Kind::Component) && node.config.components.is_empty();
+        if addr.is_empty() || unused {
             continue;
         }
         let listener = TcpListener::bind(&addr)
@@ -92,14 +103,15 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
         let local = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
-        match transport {
-            Transport::StartTls => running.c2s = Some(local),
-            Transport::DirectTls => running.c2s_tls = Some(local),
+        match kind {
+            Kind::C2s(Transport::StartTls) => running.c2s = Some(local),
+            Kind::C2s(Transport::DirectTls) => running.c2s_tls = Some(local),
+            Kind::Component => running.component = Some(local),
         }
-        tracing::info!(%local, ?transport, "listening");
+        tracing::info!(%local, ?kind, "listening");
         tracker.spawn(accept_loop(
             listener,
-            transport,
+            kind,
             node.clone(),
             permits.clone(),
             shutdown.clone(),
@@ -110,9 +122,17 @@ pub async fn serve(config: Config) -> Result<Running, ServeError> {
     Ok(running)
 }
 
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    C2s(Transport),
+    /// XEP-0114 external components.
+    Component,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    transport: Transport,
+    kind: Kind,
     node: Arc<Node>,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -149,7 +169,10 @@ async fn accept_loop(
         let node = node.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            connection::run(node, tcp, peer, transport, shutdown).await;
+            match kind {
+                Kind::C2s(transport) => connection::run(node, tcp, peer, transport, shutdown).await,
+                Kind::Component => crate::component::run(node, tcp, peer, shutdown).await,
+            }
             drop(permit);
         });
     }

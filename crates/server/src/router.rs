@@ -65,10 +65,22 @@ impl SessionEntry {
     }
 }
 
+/// One connection of an external component.
+#[derive(Debug, Clone)]
+pub struct ComponentEntry {
+    pub conn_id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    pub kill: CancellationToken,
+}
+
 #[derive(Debug, Default)]
 pub struct Router {
     users: DashMap<String, Vec<SessionEntry>>,
+    /// Connected components by domain; several connections may serve one.
+    components: DashMap<String, Vec<ComponentEntry>>,
     next_conn_id: AtomicU64,
+    /// Spreads stanzas over a domain's connections.
+    next_component: AtomicU64,
 }
 
 /// What binding needs from the connection.
@@ -196,6 +208,60 @@ impl Router {
                 s.kill.cancel();
             }
         }
+    }
+}
+
+impl Router {
+    pub fn attach_component(&self, domain: &str, entry: ComponentEntry) {
+        self.components
+            .entry(domain.to_ascii_lowercase())
+            .or_default()
+            .push(entry);
+    }
+
+    pub fn detach_component(&self, domain: &str, conn_id: u64) {
+        let key = domain.to_ascii_lowercase();
+        if let Some(mut conns) = self.components.get_mut(&key) {
+            conns.retain(|c| c.conn_id != conn_id);
+        }
+        self.components.remove_if(&key, |_, v| v.is_empty());
+    }
+
+    /// Domains with at least one connection, sorted.
+    pub fn connected_components(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.components.iter().map(|e| e.key().clone()).collect();
+        all.sort();
+        all
+    }
+
+    /// Queues a stanza on one connection of the component (round robin).
+    /// Gives the stanza back when no connection can take it.
+    pub fn to_component(&self, domain: &str, el: Element) -> Result<(), Element> {
+        let conns = match self.components.get(&domain.to_ascii_lowercase()) {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => return Err(el),
+        };
+        let start = self.next_component.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut el = el;
+        for i in 0..conns.len() {
+            let c = &conns[(start + i) % conns.len()];
+            let back = match c.tx.try_send(Outbound::Stanza(el)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        tracing::warn!(%domain, "component connection queue full; closing it");
+                        c.kill.cancel();
+                    }
+                    e.into_inner()
+                }
+            };
+            el = match back {
+                Outbound::Stanza(b) => b,
+                // Only stanzas are sent above.
+                Outbound::Close(_) => return Ok(()),
+            };
+        }
+        Err(el)
     }
 }
 

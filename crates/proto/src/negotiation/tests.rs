@@ -15,6 +15,7 @@ fn settings() -> C2sSettings {
 
 fn header() -> Frame {
     Frame::StreamOpen(StreamHeader {
+        id: None,
         to: Some("localhost".into()),
         from: None,
         version: Some("1.0".into()),

@@ -31,7 +31,12 @@ pub async fn handle(node: &Node, s: &mut Session, req: &IqRequest<'_>) -> IqResu
         Target::Server => {
             let commands = adhoc::commands_for(node, s);
             if items {
-                server_items(node.domain(), at, &commands)
+                server_items(
+                    node.domain(),
+                    at,
+                    &commands,
+                    &node.router.connected_components(),
+                )
             } else {
                 server_info(at, &commands)
             }
@@ -91,11 +96,16 @@ fn server_info(at: Option<&str>, commands: &[Command]) -> IqResult {
 }
 
 /// disco#items of the domain, or the commands the requester may run.
-fn server_items(domain: &str, at: Option<&str>, commands: &[Command]) -> IqResult {
+fn server_items(
+    domain: &str,
+    at: Option<&str>,
+    commands: &[Command],
+    components: &[String],
+) -> IqResult {
     let mut q = query(ns::DISCO_ITEMS, at);
     match at {
         None => {
-            for item in component_items() {
+            for item in component_items(components) {
                 q.append_child(item);
             }
         }
@@ -115,15 +125,14 @@ fn server_items(domain: &str, at: Option<&str>, commands: &[Command]) -> IqResul
     Ok(Some(q))
 }
 
-/// Items listed under the domain itself.
-///
-/// XEP-0030 items of a server are its services (MUC, upload, ...). None
-/// exist yet; when external components (XEP-0114) are supported, the
-/// connected ones, and only those, belong here, each as
-/// `<item jid='component.domain'/>`, so that clients never discover a
-/// service that would not answer.
-fn component_items() -> Vec<Element> {
-    Vec::new()
+/// Items listed under the domain itself: the external components
+/// (XEP-0114) that are connected now, and only those, so that clients
+/// never discover a service that would not answer.
+fn component_items(components: &[String]) -> Vec<Element> {
+    components
+        .iter()
+        .map(|d| element("item", ns::DISCO_ITEMS, &[("jid", d)]))
+        .collect()
 }
 
 /// disco of an account's bare JID; accounts have no nodes (no PEP yet).
@@ -269,11 +278,11 @@ mod tests {
 
     #[test]
     fn server_items_are_empty_and_commands_are_listed() {
-        let q = answered(server_items("example.org", None, &[ADD]));
+        let q = answered(server_items("example.org", None, &[ADD], &[]));
         assert!(q.is("query", ns::DISCO_ITEMS));
         assert_eq!(q.children().count(), 0);
 
-        let q = answered(server_items("example.org", Some(ns::COMMANDS), &[ADD]));
+        let q = answered(server_items("example.org", Some(ns::COMMANDS), &[ADD], &[]));
         assert_eq!(q.attr("node"), Some(ns::COMMANDS));
         let items: Vec<_> = q.children().collect();
         assert_eq!(items.len(), 1);
@@ -282,11 +291,11 @@ mod tests {
         assert_eq!(items[0].attr("node"), Some(ADD.0));
         assert_eq!(items[0].attr("name"), Some("Add User"));
 
-        let q = answered(server_items("example.org", Some(ns::COMMANDS), &[]));
+        let q = answered(server_items("example.org", Some(ns::COMMANDS), &[], &[]));
         assert_eq!(q.children().count(), 0, "non-admins get no commands");
 
         assert_eq!(
-            server_items("example.org", Some("nope"), &[ADD]),
+            server_items("example.org", Some("nope"), &[ADD], &[]),
             Err(StanzaErrorCondition::ItemNotFound)
         );
     }

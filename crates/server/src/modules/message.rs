@@ -2,6 +2,7 @@
 //! full JIDs. The rules themselves are pure functions in
 //! `tributary_proto::routing`; this module applies them to the router.
 
+use super::components::{self, Route};
 use super::{blocking, carbons, offline, Session};
 use crate::node::Node;
 use jid::Jid;
@@ -19,18 +20,21 @@ pub async fn from_client(node: &Node, s: &mut Session, msg: Element) {
         Err(_) => return,
     };
     let t = MessageType::parse(stanza::stanza_type(&msg));
-    if to.domain().as_str() != node.domain() {
-        if t != MessageType::Error {
-            s.replies.push(stanza::error_reply(
-                &msg,
-                StanzaErrorCondition::RemoteServerNotFound,
-                None,
-            ));
-        }
-        return;
-    }
     if node.blocks(&s.user, &to).await {
         s.replies.push(blocking::blocked_error(&msg));
+        return;
+    }
+    if to.domain().as_str() != node.domain() {
+        let failed = match components::to_component(node, &to, msg) {
+            Route::Delivered => None,
+            Route::NotConnected(msg) => {
+                components::error_for(&msg, StanzaErrorCondition::ServiceUnavailable)
+            }
+            Route::Unknown(msg) => {
+                components::error_for(&msg, StanzaErrorCondition::RemoteServerNotFound)
+            }
+        };
+        s.replies.extend(failed);
         return;
     }
     let Some(user) = to.node().map(|n| n.to_string()) else {
@@ -135,7 +139,13 @@ pub async fn route_iq(node: &Node, s: &mut Session, iq: Element) {
         _ => return,
     };
     if to.domain().as_str() != node.domain() {
-        return reply_error(s, &iq, StanzaErrorCondition::RemoteServerNotFound);
+        return match components::to_component(node, &to, iq) {
+            Route::Delivered => {}
+            Route::NotConnected(iq) => {
+                reply_error(s, &iq, StanzaErrorCondition::ServiceUnavailable)
+            }
+            Route::Unknown(iq) => reply_error(s, &iq, StanzaErrorCondition::RemoteServerNotFound),
+        };
     }
     if node.blocks(&s.user, &to).await {
         if is_request {

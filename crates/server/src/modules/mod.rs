@@ -6,6 +6,7 @@
 pub mod adhoc;
 pub mod blocking;
 pub mod carbons;
+pub mod components;
 pub mod disco;
 pub mod message;
 pub mod offline;
@@ -93,6 +94,8 @@ impl IqRequest<'_> {
 
 /// The payload of an iq result, or the error to answer with.
 pub type IqResult = Result<Option<Element>, StanzaErrorCondition>;
+
+pub use components::{bounce, from_component};
 
 /// Handles one stanza from a bound client (already `from`-stamped).
 pub async fn handle_stanza(node: &Node, s: &mut Session, el: Element) {

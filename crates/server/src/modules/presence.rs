@@ -232,8 +232,9 @@ pub async fn disconnected(node: &Node, s: &mut Session) {
     }
 }
 
-async fn deliver_directed(node: &Node, from: &Jid, to: &Jid, pres: &Element) {
+pub async fn deliver_directed(node: &Node, from: &Jid, to: &Jid, pres: &Element) {
     if to.domain().as_str() != node.domain() {
+        let _ = super::components::to_component(node, to, pres.clone());
         return;
     }
     match to.resource() {

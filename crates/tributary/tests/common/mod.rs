@@ -53,6 +53,7 @@ impl TestServer {
         };
         config.listen.c2s = "127.0.0.1:0".into();
         config.listen.c2s_tls = "127.0.0.1:0".into();
+        config.listen.component = "127.0.0.1:0".into();
         config.admins = vec!["admin@localhost".into()];
         config.limits.auth_failure_delay_ms = 10;
         config.limits.auth_failure_delay_max_ms = 50;
@@ -70,6 +71,13 @@ impl TestServer {
 
     pub fn c2s(&self) -> String {
         self.running.c2s.expect("c2s listener").to_string()
+    }
+
+    pub fn component(&self) -> String {
+        self.running
+            .component
+            .expect("component listener")
+            .to_string()
     }
 
     pub fn c2s_tls(&self) -> String {

@@ -180,6 +180,36 @@ impl Raw {
         raw
     }
 
+    /// Connects as an external component (XEP-0114) and completes the
+    /// handshake; returns the stream error instead when it fails.
+    pub async fn component(addr: &str, domain: &str, secret: &str) -> Result<Raw, String> {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        ))
+        .await;
+        let id = loop {
+            match raw.frame().await {
+                Some(Frame::StreamOpen(h)) => break h.id.expect("stream id"),
+                Some(_) => {}
+                None => panic!("closed before the header"),
+            }
+        };
+        let digest = tributary_proto::component::handshake_digest(&id, secret);
+        raw.send(&format!("<handshake>{digest}</handshake>")).await;
+        let answer = raw.element().await.expect("handshake answer");
+        if answer.name() == "handshake" {
+            return Ok(raw);
+        }
+        let cond = answer
+            .children()
+            .find(|c| c.ns() == STREAMS && c.name() != "text")
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+        Err(cond)
+    }
+
     pub async fn bind(&mut self, resource: &str) {
         self.send(&format!(
             "<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"

@@ -1,0 +1,250 @@
+//! External components (XEP-0114), as processors use them: handshake,
+//! stanzas both ways with namespace translation, disco listing only
+//! connected components, and XEP-0198 on the component stream.
+
+mod common;
+
+use common::raw::{Raw, STANZAS};
+use common::*;
+use minidom::Element;
+use std::time::Duration;
+use tributary_server::config::ComponentConfig;
+use tributary_server::Config;
+
+const COMPONENT: &str = "jabber:component:accept";
+const SM: &str = "urn:xmpp:sm:3";
+
+fn with_component(c: &mut Config) {
+    c.components = vec![ComponentConfig {
+        domain: "collect.localhost".into(),
+        secret: "s3cret".into(),
+    }];
+    c.stream_management.ack_request_every = 3;
+}
+
+async fn server() -> TestServer {
+    let server = TestServer::start_with(with_component).await;
+    server.add_user("alice", "a").await;
+    server
+}
+
+async fn processor(server: &TestServer) -> Raw {
+    Raw::component(&server.component(), "collect.localhost", "s3cret")
+        .await
+        .expect("handshake accepted")
+}
+
+fn report(n: u32) -> String {
+    format!(
+        "<message xmlns='jabber:client' to='collect.localhost' id='R-{n}'><body>reading {n}</body></message>"
+    )
+}
+
+/// Next stanza on a component stream, skipping SM elements.
+async fn next_stanza(raw: &mut Raw) -> Element {
+    loop {
+        let e = raw.element().await.expect("stanza");
+        if !e.has_ns(SM) {
+            return e;
+        }
+    }
+}
+
+async fn wait_connected(server: &TestServer, connected: bool) {
+    within(async {
+        while server.running.node.router.connected_components().is_empty() == connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handshake_checks_domain_and_secret() {
+    let server = server().await;
+    assert_eq!(
+        Raw::component(&server.component(), "collect.localhost", "guess")
+            .await
+            .err()
+            .as_deref(),
+        Some("not-authorized")
+    );
+    assert_eq!(
+        Raw::component(&server.component(), "other.localhost", "s3cret")
+            .await
+            .err()
+            .as_deref(),
+        Some("host-unknown")
+    );
+    assert!(
+        Raw::component(&server.component(), "collect.localhost", "s3cret")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn reports_reach_the_processor_and_answers_reach_the_user() {
+    let server = server().await;
+    let mut collect = processor(&server).await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    alice.send(&report(1)).await;
+    let got = next_stanza(&mut collect).await;
+    assert!(got.is("message", COMPONENT), "{}", String::from(&got));
+    assert_eq!(got.attr("from"), Some("alice@localhost/raw"));
+    assert_eq!(got.attr("id"), Some("R-1"));
+    assert_eq!(
+        got.get_child("body", COMPONENT).map(|b| b.text()),
+        Some("reading 1".into())
+    );
+
+    collect
+        .send("<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'>\
+               <received xmlns='urn:xmpp:receipts' id='R-1'/><body>processed</body></message>")
+        .await;
+    let answer = alice.element().await.expect("answer");
+    assert!(answer.is("message", "jabber:client"));
+    assert_eq!(answer.attr("from"), Some("collect.localhost"));
+    assert!(
+        answer.has_child("body", "jabber:client"),
+        "{}",
+        String::from(&answer)
+    );
+    assert!(answer.has_child("received", "urn:xmpp:receipts"));
+}
+
+#[tokio::test]
+async fn component_cannot_speak_for_others() {
+    let server = server().await;
+    let mut collect = processor(&server).await;
+    collect
+        .send("<message xmlns='jabber:component:accept' from='alice@localhost' to='alice@localhost'/>")
+        .await;
+    assert_eq!(collect.stream_error().await, "invalid-from");
+}
+
+#[tokio::test]
+async fn disco_lists_only_connected_components_and_absent_ones_refuse() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    let items = "<iq xmlns='jabber:client' type='get' id='i' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>";
+    alice.send(items).await;
+    let q = alice.element().await.expect("items");
+    assert_eq!(
+        q.children().next().map(|q| q.children().count()),
+        Some(0),
+        "{}",
+        String::from(&q)
+    );
+
+    alice.send(&report(2)).await;
+    let err = alice.element().await.expect("error");
+    assert!(err
+        .get_child("error", "jabber:client")
+        .is_some_and(|e| e.has_child("service-unavailable", STANZAS)));
+    alice
+        .send("<message xmlns='jabber:client' to='nowhere.example' id='x'><body>x</body></message>")
+        .await;
+    let err = alice.element().await.expect("error");
+    assert!(err
+        .get_child("error", "jabber:client")
+        .is_some_and(|e| e.has_child("remote-server-not-found", STANZAS)));
+
+    let collect = processor(&server).await;
+    wait_connected(&server, true).await;
+    alice.send(items).await;
+    let q = alice.element().await.expect("items");
+    let jids: Vec<String> = q
+        .children()
+        .flat_map(|q| q.children())
+        .filter_map(|i| i.attr("jid").map(str::to_owned))
+        .collect();
+    assert_eq!(jids, ["collect.localhost"]);
+    drop(collect);
+    wait_connected(&server, false).await;
+    alice.send(items).await;
+    let q = alice.element().await.expect("items");
+    assert_eq!(q.children().next().map(|q| q.children().count()), Some(0));
+}
+
+#[tokio::test]
+async fn stream_management_on_the_component_stream() {
+    let server = server().await;
+    let mut collect = processor(&server).await;
+    collect.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = collect.element().await.expect("enabled");
+    assert!(enabled.is("enabled", SM), "{}", String::from(&enabled));
+    assert_eq!(enabled.attr("resume"), None, "components do not resume");
+
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 0..3 {
+        alice.send(&report(n)).await;
+    }
+    // Three stanzas, then the server asks what the processor has taken.
+    let mut seen = 0;
+    loop {
+        let e = collect.element().await.expect("element");
+        if e.is("r", SM) {
+            break;
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    collect.send("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    // And the processor learns what the server has handled of its own.
+    collect
+        .send("<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'><body>1</body></message>")
+        .await;
+    collect.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    let a = collect.element().await.expect("ack");
+    assert!(a.is("a", SM));
+    assert_eq!(a.attr("h"), Some("1"));
+    assert_eq!(
+        server.running.node.router.connected_components(),
+        ["collect.localhost"]
+    );
+}
+
+#[tokio::test]
+async fn unacknowledged_stanzas_of_a_dropped_connection_go_to_another() {
+    let server = server().await;
+    let mut first = processor(&server).await;
+    first.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    first.element().await.expect("enabled");
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 0..2 {
+        alice.send(&report(n)).await;
+    }
+    for _ in 0..2 {
+        next_stanza(&mut first).await;
+    }
+    // Taken but never acknowledged; then a second connection comes and
+    // the first one dies.
+    let mut second = processor(&server).await;
+    drop(first);
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let e = next_stanza(&mut second).await;
+        ids.extend(e.attr("id").map(str::to_owned));
+    }
+    ids.sort();
+    assert_eq!(ids, ["R-0", "R-1"]);
+}
+
+#[tokio::test]
+async fn unacknowledged_stanzas_with_no_other_connection_bounce_to_the_sender() {
+    let server = server().await;
+    let mut only = processor(&server).await;
+    only.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    only.element().await.expect("enabled");
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    alice.send(&report(7)).await;
+    next_stanza(&mut only).await;
+    drop(only);
+    let err = alice.element().await.expect("bounce");
+    assert_eq!(err.attr("id"), Some("R-7"));
+    assert_eq!(err.attr("type"), Some("error"));
+    assert!(err
+        .get_child("error", "jabber:client")
+        .is_some_and(|e| e.has_child("service-unavailable", STANZAS)));
+}
