@@ -84,6 +84,24 @@ async fn to_available_sessions(node: &Node, from: &Jid, to: &BareJid, pres: &Ele
     }
 }
 
+/// Sends a presence of the session to the contacts subscribed to the user
+/// and to the user's other available resources (RFC 6121 4.2.2, 4.4.2, 4.5.2).
+async fn broadcast(node: &Node, s: &Session, items: &[RosterItem], pres: &Element) {
+    let from = Jid::from(s.jid.clone());
+    for item in items.iter().filter(|i| i.subscription.has_from()) {
+        if let Ok(contact) = BareJid::new(&item.jid) {
+            to_available_sessions(node, &from, &contact, pres).await;
+        }
+    }
+    for e in node.router.sessions(&s.user) {
+        if e.resource != s.resource() && e.available {
+            let mut copy = pres.clone();
+            stanza::set_attr(&mut copy, "to", format!("{}/{}", s.bare, e.resource));
+            e.deliver(copy);
+        }
+    }
+}
+
 /// Initial or updated available presence (RFC 6121 4.2 and 4.4).
 async fn available(node: &Node, s: &mut Session, pres: Element) {
     let first = !s.available;
@@ -95,20 +113,8 @@ async fn available(node: &Node, s: &mut Session, pres: Element) {
         e.priority = priority;
         e.presence = Some(shared);
     });
-    let from = Jid::from(s.jid.clone());
     let items = roster_of(node, &s.user).await;
-    for item in items.iter().filter(|i| i.subscription.has_from()) {
-        if let Ok(contact) = BareJid::new(&item.jid) {
-            to_available_sessions(node, &from, &contact, &pres).await;
-        }
-    }
-    for e in node.router.sessions(&s.user) {
-        if e.resource != s.resource() && e.available {
-            let mut copy = pres.clone();
-            stanza::set_attr(&mut copy, "to", format!("{}/{}", s.bare, e.resource));
-            e.deliver(copy);
-        }
-    }
+    broadcast(node, s, &items, &pres).await;
     // RFC 6121 4.2.2 and 4.4.2: the resource that sent it gets it too, which
     // tells the client its presence was broadcast.
     let mut echo = pres.clone();
@@ -203,22 +209,8 @@ async fn unavailable(node: &Node, s: &mut Session, pres: Option<Element>) {
     });
     let from = Jid::from(s.jid.clone());
     if was_available {
-        for item in roster_of(node, &s.user)
-            .await
-            .iter()
-            .filter(|i| i.subscription.has_from())
-        {
-            if let Ok(contact) = BareJid::new(&item.jid) {
-                to_available_sessions(node, &from, &contact, &pres).await;
-            }
-        }
-        for e in node.router.sessions(&s.user) {
-            if e.resource != s.resource() && e.available {
-                let mut copy = pres.clone();
-                stanza::set_attr(&mut copy, "to", format!("{}/{}", s.bare, e.resource));
-                e.deliver(copy);
-            }
-        }
+        let items = roster_of(node, &s.user).await;
+        broadcast(node, s, &items, &pres).await;
     }
     for target in std::mem::take(&mut s.directed) {
         deliver_directed(node, &from, &target, &pres).await;
