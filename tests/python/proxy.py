@@ -55,8 +55,8 @@ class _Conn:
             asyncio.ensure_future(self._pump(server_r, self.client_w, "s2c")),
         ]
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.mode is not Mode.BLACKHOLE:
-            self.close()
+        if self.mode is Mode.FLOW:
+            self.close(graceful=True)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     direction: str) -> None:
@@ -64,11 +64,11 @@ class _Conn:
             while True:
                 data = await src.read(CHUNK)
                 if not data:
-                    # One side closed. Forwarding: pass the close on (both
-                    # directions end). Blackholed: the other side never
-                    # learns of it.
+                    # One side closed. Forwarding: pass the close on after
+                    # what was already forwarded (both directions end).
+                    # Blackholed: the other side never learns of it.
                     if self.mode is Mode.FLOW:
-                        self.close()
+                        self.close(graceful=True)
                     return
                 if self.mode is Mode.FLOW:
                     self.proxy.bytes[direction] += len(data)
@@ -82,11 +82,15 @@ class _Conn:
             if self.mode is Mode.FLOW:
                 self.close()
 
-    def close(self) -> None:
-        """Closes both sockets at once, discarding anything unsent."""
+    def close(self, graceful: bool = False) -> None:
+        """Closes both sockets: gracefully (after flushing what was already
+        forwarded) or at once, discarding anything unsent."""
         for w in (self.client_w, self.server_w):
             if w is not None:
-                w.transport.abort()
+                if graceful:
+                    w.close()
+                else:
+                    w.transport.abort()
         for t in self.tasks:
             if t is not asyncio.current_task():
                 t.cancel()
