@@ -62,6 +62,8 @@ class Server:
     data_dir: Path
     config_path: Path
     log_path: Path
+    # XEP-0114 listener; the server opens it only when a component is declared.
+    component_port: int = 0
     passwords: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
@@ -145,7 +147,8 @@ class Server:
             self.proc.wait(timeout=5)
 
 
-def write_config(path: Path, data_dir: Path, c2s: int, c2s_tls: int, extra: str = "") -> None:
+def write_config(path: Path, data_dir: Path, c2s: int, c2s_tls: int, extra: str = "",
+                 component: int = 0) -> None:
     """Writes the test config; `extra` (TOML sections) is appended."""
     path.write_text(
         f"""\
@@ -156,6 +159,7 @@ admins = ["admin@{DOMAIN}"]
 [listen]
 c2s = "{HOST}:{c2s}"
 c2s_tls = "{HOST}:{c2s_tls}"
+component = "{HOST}:{component}"
 
 [limits]
 max_offline_messages = 20
@@ -204,7 +208,11 @@ def _running_server(request, tmp_path, extra_config: str = ""):
     )
     while srv.c2s_tls_port == srv.c2s_port:
         srv.c2s_tls_port = free_port()
-    write_config(srv.config_path, data_dir, srv.c2s_port, srv.c2s_tls_port, extra_config)
+    srv.component_port = free_port()
+    while srv.component_port in (srv.c2s_port, srv.c2s_tls_port):
+        srv.component_port = free_port()
+    write_config(srv.config_path, data_dir, srv.c2s_port, srv.c2s_tls_port, extra_config,
+                 srv.component_port)
     for user, password in USERS.items():
         srv.add_user(user, password)
     died = None
@@ -260,4 +268,18 @@ resume_timeout = {FAST_RESUME_TIMEOUT}
 [keepalive]
 idle_ping = {FAST_IDLE_PING}
 dead_after = {FAST_DEAD_AFTER}
+""")
+
+
+COMPONENT_DOMAIN = "collect.localhost"
+COMPONENT_SECRET = "s3cret"
+
+
+@pytest.fixture
+def component_server(request, tmp_path, tributary_binary) -> Server:
+    """Like `server`, with one XEP-0114 component domain declared."""
+    yield from _running_server(request, tmp_path, f"""
+[[component]]
+domain = "{COMPONENT_DOMAIN}"
+secret = "{COMPONENT_SECRET}"
 """)
