@@ -1,6 +1,15 @@
 //! One task per external component connection (XEP-0114): the handshake,
-//! stanzas both ways, and XEP-0198 acks through the shared `Outgoing`
-//! layer, so the server knows exactly which stanzas a processor has taken.
+//! stanzas both ways, and acknowledgements of queued stanzas, so the server
+//! knows exactly which stanzas a processor has taken:
+//! - with XEP-0198 enabled, `<a h/>` acknowledges (through the shared
+//!   `Outgoing` layer) every stanza up to `h`;
+//! - without it, the processor's XEP-0184 receipt or iq result for a
+//!   stanza is that stanza's acknowledgement. A queued stanza that cannot be
+//!   answered that way (no receipt requested, presence, iq results) counts
+//!   as acknowledged once written: at most once for plain components.
+//!
+//! Whatever a connection holds unacknowledged when it ends is handed to
+//! another connection of the domain, or kept until one connects.
 
 use crate::limits::ReadRate;
 use crate::modules;
@@ -8,7 +17,7 @@ use crate::node::Node;
 use crate::router::{ComponentEntry, Outbound};
 use crate::stream::Outgoing;
 use minidom::Element;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tributary_proto::component::ComponentNegotiator;
-use tributary_proto::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use tributary_proto::error::{StreamError, StreamErrorCondition};
 use tributary_proto::negotiation::Action;
 use tributary_proto::sm::{self, SmState};
 use tributary_proto::xml::Framer;
@@ -28,6 +37,7 @@ const READ_CHUNK: usize = 8192;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A component must finish its handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const RECEIPTS: &str = "urn:xmpp:receipts";
 
 pub async fn run(node: Arc<Node>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
@@ -60,6 +70,12 @@ struct ComponentConn {
     /// Set once the handshake succeeded.
     domain: Option<String>,
     closing: bool,
+    /// With SM: the queue id (if any) of each stanza in the unacked list,
+    /// in the same order.
+    sm_ids: VecDeque<Option<i64>>,
+    /// Without SM: queued stanzas awaiting a receipt or an iq result, by
+    /// (sender, stanza id).
+    awaiting_answer: HashMap<(String, String), i64>,
 }
 
 impl ComponentConn {
@@ -89,6 +105,8 @@ impl ComponentConn {
             shutdown,
             domain: None,
             closing: false,
+            sm_ids: VecDeque::new(),
+            awaiting_answer: HashMap::new(),
             node,
             span,
         }
@@ -120,6 +138,7 @@ impl ComponentConn {
                 }
                 msg = self.rx.recv(), if connected => match msg {
                     Some(Outbound::Stanza(el)) => self.emit(el),
+                    Some(Outbound::Queued { id, stanza }) => self.emit_queued(id, stanza),
                     Some(Outbound::Close(err)) => self.close_with(Some(err)),
                     None => self.closing = true,
                 },
@@ -160,7 +179,69 @@ impl ComponentConn {
         self.closing = true;
     }
 
+    /// Writes a queued stanza and notes how it will be acknowledged.
+    fn emit_queued(&mut self, id: i64, el: Element) {
+        if self.outgoing.sm.is_some() {
+            self.sm_ids.push_back(Some(id));
+            self.write(el);
+            return;
+        }
+        let answerable = match el.name() {
+            "message" => el.has_child("request", RECEIPTS),
+            "iq" => matches!(stanza::stanza_type(&el), Some("get" | "set")),
+            _ => false,
+        };
+        let key = match (answerable, stanza::from(&el), stanza::id(&el)) {
+            (true, Some(from), Some(sid)) => Some((from.to_owned(), sid.to_owned())),
+            _ => None,
+        };
+        self.write(el);
+        match key {
+            Some(key) => {
+                self.awaiting_answer.insert(key, id);
+            }
+            None => self.ack(vec![id]),
+        }
+    }
+
     fn emit(&mut self, el: Element) {
+        if self.outgoing.sm.is_some() {
+            self.sm_ids.push_back(None);
+        }
+        self.write(el);
+    }
+
+    fn ack(&mut self, ids: Vec<i64>) {
+        if let Some(domain) = &self.domain {
+            self.node.queues.acked(domain, self.conn_id, ids);
+        }
+    }
+
+    /// A stanza from the processor that answers a queued one (a XEP-0184
+    /// receipt, an iq result or error) acknowledges it.
+    fn answers(&mut self, el: &Element) {
+        if self.awaiting_answer.is_empty() {
+            return;
+        }
+        let Some(to) = stanza::to(el) else { return };
+        let answered = match el.name() {
+            "message" => el
+                .get_child("received", RECEIPTS)
+                .and_then(|r| r.attr("id")),
+            "iq" if matches!(stanza::stanza_type(el), Some("result" | "error")) => stanza::id(el),
+            _ => None,
+        };
+        if let Some(sid) = answered {
+            if let Some(id) = self
+                .awaiting_answer
+                .remove(&(to.to_owned(), sid.to_owned()))
+            {
+                self.ack(vec![id]);
+            }
+        }
+    }
+
+    fn write(&mut self, el: Element) {
         if let Err(e) = self.outgoing.emit(el) {
             tracing::warn!("{e}; closing the component stream");
             if !self.closing {
@@ -205,9 +286,14 @@ impl ComponentConn {
                             kill: self.kill.clone(),
                         },
                     );
+                    let window = self.node.config.component(&domain).map_or(1, |c| c.window);
+                    self.node
+                        .queues
+                        .attach(&domain, self.conn_id, self.tx.clone(), window);
                     self.domain = Some(domain);
                 }
                 Action::Stanza(el) => {
+                    self.answers(&el);
                     if let Some(reply) = modules::from_component(&self.node, el).await {
                         self.emit(reply);
                     }
@@ -230,8 +316,16 @@ impl ComponentConn {
                         .raw(format!("<enabled xmlns='{}' id='{id}'/>", sm::NS).as_bytes());
                 }
                 Action::AckRequested => self.outgoing.answer_ack_request(),
-                Action::Acked(h) => {
-                    if let Err(e) = self.outgoing.on_ack(h) {
+                Action::Acked(h) => match self.outgoing.on_ack(h) {
+                    Ok(n) => {
+                        let ids: Vec<i64> = self
+                            .sm_ids
+                            .drain(..n.min(self.sm_ids.len()))
+                            .flatten()
+                            .collect();
+                        self.ack(ids);
+                    }
+                    Err(e) => {
                         let mut err = StreamError::with_text(
                             StreamErrorCondition::UndefinedCondition,
                             e.to_string(),
@@ -241,45 +335,22 @@ impl ComponentConn {
                         }
                         self.close_with(Some(err));
                     }
-                }
+                },
                 // Client-stream actions never come from the component core.
                 _ => {}
             }
         }
     }
 
-    /// The connection ended: what the component never acknowledged goes to
-    /// another connection of the same domain, or back to its sender as an
-    /// error; nothing is dropped silently.
+    /// The connection ended: the queue hands what it held to another
+    /// connection of the domain, or keeps it until one connects.
     fn finish(&mut self) {
         let Some(domain) = self.domain.take() else {
             return;
         };
         self.node.router.detach_component(&domain, self.conn_id);
+        self.node.queues.detach(&domain, self.conn_id);
         tracing::info!("component disconnected");
-        let mut left = self.outgoing.take_unacked();
-        left.append(&mut self.outgoing.overflow);
-        self.rx.close();
-        while let Ok(msg) = self.rx.try_recv() {
-            if let Outbound::Stanza(el) = msg {
-                left.push(el);
-            }
-        }
-        let (mut moved, mut bounced) = (0, 0);
-        for el in left {
-            // Stanzas kept by SM are in the component's namespace.
-            let el = stanza::translate(el, ns::COMPONENT_ACCEPT, ns::CLIENT);
-            match self.node.router.to_component(&domain, el) {
-                Ok(()) => moved += 1,
-                Err(el) => {
-                    bounced += 1;
-                    modules::bounce(&self.node, &el, StanzaErrorCondition::ServiceUnavailable);
-                }
-            }
-        }
-        if moved + bounced > 0 {
-            tracing::warn!(moved, bounced, "stanzas the component had not acknowledged");
-        }
     }
 }
 

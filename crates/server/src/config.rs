@@ -47,6 +47,24 @@ pub struct Config {
 pub struct ComponentConfig {
     pub domain: String,
     pub secret: String,
+    /// Receives every local user's available and unavailable presence.
+    #[serde(default)]
+    pub observe_presence: bool,
+    /// Most stanzas its durable queue holds; beyond it senders get
+    /// `<resource-constraint/>`.
+    #[serde(default = "default_quota")]
+    pub quota: u64,
+    /// Stanzas in flight (sent, not yet acknowledged) per connection.
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+fn default_quota() -> u64 {
+    1_000_000
+}
+
+fn default_window() -> usize {
+    256
 }
 
 /// XEP-0198 policy.
@@ -272,6 +290,12 @@ impl Config {
                     format!("{:?} is declared twice", c.domain),
                 ));
             }
+            if c.quota == 0 || c.window == 0 {
+                return Err(invalid(
+                    "component.quota",
+                    format!("quota and window of {} must be greater than 0", c.domain),
+                ));
+            }
             if c.secret.is_empty() {
                 return Err(invalid(
                     "component.secret",
@@ -325,11 +349,16 @@ impl Config {
         Ok(())
     }
 
-    /// Whether `domain` is a configured component domain.
-    pub fn is_component(&self, domain: &str) -> bool {
+    /// The configured component serving `domain`.
+    pub fn component(&self, domain: &str) -> Option<&ComponentConfig> {
         self.components
             .iter()
-            .any(|c| c.domain.eq_ignore_ascii_case(domain))
+            .find(|c| c.domain.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether `domain` is a configured component domain.
+    pub fn is_component(&self, domain: &str) -> bool {
+        self.component(domain).is_some()
     }
 
     pub fn is_admin(&self, bare: &str) -> bool {

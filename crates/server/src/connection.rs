@@ -270,7 +270,8 @@ impl Conn {
                     }
                 }
                 msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => match msg {
-                    Some(Outbound::Stanza(el)) => self.deliver_to_client(el),
+                    // Queue items are only ever sent to components.
+                    Some(Outbound::Stanza(el) | Outbound::Queued { stanza: el, .. }) => self.deliver_to_client(el),
                     Some(Outbound::Close(err)) => self.close_with(Some(err)),
                     None => self.closing = true,
                 },
@@ -740,7 +741,7 @@ impl Conn {
                     None => return,
                 },
                 msg = recv_opt(self.rx.as_mut()) => match msg {
-                    Some(Outbound::Stanza(el)) => {
+                    Some(Outbound::Stanza(el) | Outbound::Queued { stanza: el, .. }) => {
                         let Some(b) = self.bound.as_mut() else { return };
                         b.pending.push_back(el);
                         let held = b.pending.len() + self.outgoing.unacked_len();

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod listener;
 pub mod modules;
 pub mod node;
+pub mod queue;
 pub mod router;
 pub mod stream;
 pub mod tls;

@@ -184,7 +184,27 @@ async fn housekeeping(node: Arc<Node>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => node.auth_failures.sweep(Instant::now()),
+            _ = tick.tick() => {
+                node.auth_failures.sweep(Instant::now());
+                log_queue_depths(&node).await;
+            }
         }
+    }
+}
+
+/// Queue depth and oldest age, visible in the log while anything waits.
+async fn log_queue_depths(node: &Node) {
+    match node.store.queue_depths().await {
+        Ok(depths) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            for d in depths {
+                let oldest_secs = (now_ms - d.oldest_at).max(0) / 1000;
+                tracing::info!(queue = %d.queue, depth = d.depth, oldest_secs, "queued for processors");
+            }
+        }
+        Err(e) => tracing::warn!("cannot read queue depths: {e}"),
     }
 }

@@ -19,6 +19,8 @@ pub struct Node {
     /// XEP-0191 block lists of users with a session, loaded at login so the
     /// routing path checks them without a database read.
     pub blocklists: DashMap<String, Arc<HashSet<String>>>,
+    /// Durable queues of the component domains.
+    pub queues: crate::queue::Queues,
     /// XEP-0198 sessions that can be resumed, by resumption id.
     pub resumable: DashMap<String, crate::connection::ResumeHandle>,
     /// Resumption ids of sessions that ended, with their last handled
@@ -32,7 +34,14 @@ impl Node {
             Duration::from_millis(config.limits.auth_failure_delay_ms),
             Duration::from_millis(config.limits.auth_failure_delay_max_ms),
         );
+        let components: Vec<(String, u64)> = config
+            .components
+            .iter()
+            .map(|c| (c.domain.clone(), c.quota))
+            .collect();
+        let queues = crate::queue::Queues::start(store.clone(), &components);
         Node {
+            queues,
             config,
             store,
             router: Router::new(),

@@ -21,6 +21,11 @@ use tributary_proto::negotiation::BindError;
 #[derive(Debug)]
 pub enum Outbound {
     Stanza(Element),
+    /// An item of a component's durable queue, to acknowledge by its id.
+    Queued {
+        id: i64,
+        stanza: Element,
+    },
     /// Close the stream with this error (resource conflict, account deleted).
     Close(StreamError),
 }
@@ -79,8 +84,6 @@ pub struct Router {
     /// Connected components by domain; several connections may serve one.
     components: DashMap<String, Vec<ComponentEntry>>,
     next_conn_id: AtomicU64,
-    /// Spreads stanzas over a domain's connections.
-    next_component: AtomicU64,
 }
 
 /// What binding needs from the connection.
@@ -232,36 +235,6 @@ impl Router {
         let mut all: Vec<String> = self.components.iter().map(|e| e.key().clone()).collect();
         all.sort();
         all
-    }
-
-    /// Queues a stanza on one connection of the component (round robin).
-    /// Gives the stanza back when no connection can take it.
-    pub fn to_component(&self, domain: &str, el: Element) -> Result<(), Element> {
-        let conns = match self.components.get(&domain.to_ascii_lowercase()) {
-            Some(c) if !c.is_empty() => c.clone(),
-            _ => return Err(el),
-        };
-        let start = self.next_component.fetch_add(1, Ordering::Relaxed) as usize;
-        let mut el = el;
-        for i in 0..conns.len() {
-            let c = &conns[(start + i) % conns.len()];
-            let back = match c.tx.try_send(Outbound::Stanza(el)) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                        tracing::warn!(%domain, "component connection queue full; closing it");
-                        c.kill.cancel();
-                    }
-                    e.into_inner()
-                }
-            };
-            el = match back {
-                Outbound::Stanza(b) => b,
-                // Only stanzas are sent above.
-                Outbound::Close(_) => return Ok(()),
-            };
-        }
-        Err(el)
     }
 }
 

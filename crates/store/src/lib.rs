@@ -74,6 +74,46 @@ pub enum OfflineStored {
     OverLimit,
 }
 
+/// A stanza to put on a component's durable queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueueItem {
+    pub queue: String,
+    pub sender: String,
+    pub stanza_id: Option<String>,
+    pub stanza: String,
+    /// Most items the queue may hold; this one is refused beyond it.
+    pub quota: u64,
+}
+
+/// A stored queue item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueItem {
+    pub id: i64,
+    pub queue: String,
+    pub sender: String,
+    pub stanza_id: Option<String>,
+    pub stanza: String,
+    /// Unix time in milliseconds.
+    pub enqueued_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Committed, with its item id.
+    Accepted(i64),
+    /// The queue holds its quota already; nothing was stored.
+    OverQuota,
+}
+
+/// How much waits in one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub depth: u64,
+    /// Unix time in milliseconds of the oldest item.
+    pub oldest_at: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Accounts.
@@ -113,4 +153,15 @@ pub trait Store: Send + Sync + 'static {
     async fn block(&self, user: &str, jids: &[String]) -> Result<()>;
     /// Unblocks the given JIDs, or all when `jids` is empty.
     async fn unblock(&self, user: &str, jids: &[String]) -> Result<()>;
+
+    // Durable component queues.
+    /// Stores items in one transaction (group commit): when it returns, the
+    /// accepted ones are on disk. Results are in the order of `items`.
+    async fn enqueue(&self, items: &[NewQueueItem]) -> Result<Vec<Enqueued>>;
+    /// Items of a queue with an id above `after`, oldest first.
+    async fn queue_items(&self, queue: &str, after: i64, limit: usize) -> Result<Vec<QueueItem>>;
+    /// Deletes acknowledged items.
+    async fn queue_remove(&self, ids: &[i64]) -> Result<()>;
+    /// Every non-empty queue, sorted by name.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>>;
 }

@@ -46,6 +46,17 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Inspect the durable component queues (works while the server runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Each queue's depth and the age of its oldest stanza.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +180,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve => serve(load_config(cli.config.as_deref())?).await,
         Command::User { command } => user(load_config(cli.config.as_deref())?, command).await,
+        Command::Queue {
+            command: QueueCommand::List,
+        } => queue_list(load_config(cli.config.as_deref())?).await,
     }
 }
 
@@ -207,6 +221,29 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+async fn queue_list(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let store = SqliteStore::open(&config.database_path()).await?;
+    let depths = store.queue_depths().await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut listed = std::collections::HashSet::new();
+    for d in &depths {
+        let age = (now_ms - d.oldest_at).max(0) / 1000;
+        println!("{}\tdepth {}\toldest {}s", d.queue, d.depth, age);
+        listed.insert(d.queue.clone());
+    }
+    for c in &config.components {
+        if !listed.contains(&c.domain.to_ascii_lowercase()) {
+            println!("{}\tdepth 0", c.domain);
+        }
+    }
+    Ok(())
 }
 
 /// Parses `user@domain` and returns the normalised local part.

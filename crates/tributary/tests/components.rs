@@ -1,6 +1,7 @@
 //! External components (XEP-0114), as processors use them: handshake,
 //! stanzas both ways with namespace translation, disco listing only
-//! connected components, and XEP-0198 on the component stream.
+//! connected components, XEP-0198 on the component stream, and the
+//! durable queue that keeps everything until a processor acknowledges it.
 
 mod common;
 
@@ -14,11 +15,18 @@ use tributary_server::Config;
 const COMPONENT: &str = "jabber:component:accept";
 const SM: &str = "urn:xmpp:sm:3";
 
-fn with_component(c: &mut Config) {
-    c.components = vec![ComponentConfig {
+fn collect(quota: u64, observe_presence: bool) -> ComponentConfig {
+    ComponentConfig {
         domain: "collect.localhost".into(),
         secret: "s3cret".into(),
-    }];
+        observe_presence,
+        quota,
+        window: 256,
+    }
+}
+
+fn with_component(c: &mut Config) {
+    c.components = vec![collect(1_000_000, false)];
     c.stream_management.ack_request_every = 3;
 }
 
@@ -26,6 +34,26 @@ async fn server() -> TestServer {
     let server = TestServer::start_with(with_component).await;
     server.add_user("alice", "a").await;
     server
+}
+
+async fn queue_depth(server: &TestServer) -> u64 {
+    let depths = server
+        .running
+        .node
+        .store
+        .queue_depths()
+        .await
+        .expect("depths");
+    depths.first().map_or(0, |d| d.depth)
+}
+
+async fn depth_becomes(server: &TestServer, n: u64) {
+    within(async {
+        while queue_depth(server).await != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 async fn processor(server: &TestServer) -> Raw {
@@ -124,7 +152,7 @@ async fn component_cannot_speak_for_others() {
 }
 
 #[tokio::test]
-async fn disco_lists_only_connected_components_and_absent_ones_refuse() {
+async fn disco_lists_only_connected_components() {
     let server = server().await;
     let mut alice = Raw::login(&server, "alice", "a").await;
     let items = "<iq xmlns='jabber:client' type='get' id='i' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>";
@@ -136,12 +164,6 @@ async fn disco_lists_only_connected_components_and_absent_ones_refuse() {
         "{}",
         String::from(&q)
     );
-
-    alice.send(&report(2)).await;
-    let err = alice.element().await.expect("error");
-    assert!(err
-        .get_child("error", "jabber:client")
-        .is_some_and(|e| e.has_child("service-unavailable", STANZAS)));
     alice
         .send("<message xmlns='jabber:client' to='nowhere.example' id='x'><body>x</body></message>")
         .await;
@@ -168,6 +190,107 @@ async fn disco_lists_only_connected_components_and_absent_ones_refuse() {
 }
 
 #[tokio::test]
+async fn reports_sent_while_no_processor_exists_are_delivered_in_order_when_one_connects() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 0..5 {
+        alice.send(&report(n)).await;
+    }
+    depth_becomes(&server, 5).await;
+    let mut collect = processor(&server).await;
+    let mut ids = Vec::new();
+    while ids.len() < 5 {
+        ids.extend(
+            next_stanza(&mut collect)
+                .await
+                .attr("id")
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(ids, ["R-0", "R-1", "R-2", "R-3", "R-4"]);
+}
+
+#[tokio::test]
+async fn over_quota_the_sender_gets_resource_constraint_and_nothing_accepted_is_lost() {
+    let server = TestServer::start_with(|c| c.components = vec![collect(3, false)]).await;
+    server.add_user("alice", "a").await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 0..4 {
+        alice.send(&report(n)).await;
+    }
+    let err = alice.element().await.expect("refusal");
+    assert_eq!(err.attr("id"), Some("R-3"));
+    assert!(err
+        .get_child("error", "jabber:client")
+        .is_some_and(|e| e.has_child("resource-constraint", STANZAS)));
+    let mut collect = processor(&server).await;
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        ids.extend(
+            next_stanza(&mut collect)
+                .await
+                .attr("id")
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(ids, ["R-0", "R-1", "R-2"]);
+}
+
+#[tokio::test]
+async fn plain_processor_acknowledges_with_receipts_and_unanswered_reports_come_back() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 0..2 {
+        alice
+            .send(&format!(
+                "<message xmlns='jabber:client' to='collect.localhost' id='R-{n}'><body>{n}</body><request xmlns='urn:xmpp:receipts'/></message>"
+            ))
+            .await;
+    }
+    let mut collect = processor(&server).await;
+    let first = next_stanza(&mut collect).await;
+    next_stanza(&mut collect).await;
+    assert_eq!(first.attr("id"), Some("R-0"));
+    // The processor confirms R-0 only.
+    collect
+        .send("<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'><received xmlns='urn:xmpp:receipts' id='R-0'/></message>")
+        .await;
+    let receipt = alice.element().await.expect("receipt");
+    assert!(receipt.has_child("received", "urn:xmpp:receipts"));
+    depth_becomes(&server, 1).await;
+    drop(collect);
+    wait_connected(&server, false).await;
+    // R-1 was never answered: it is delivered again.
+    let mut again = processor(&server).await;
+    assert_eq!(next_stanza(&mut again).await.attr("id"), Some("R-1"));
+}
+
+#[tokio::test]
+async fn presence_changes_are_queued_for_observing_processors() {
+    let server = TestServer::start_with(|c| c.components = vec![collect(100, true)]).await;
+    server.add_user("alice", "a").await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    alice.send("<presence xmlns='jabber:client'><show>away</show><status>in the field</status></presence>").await;
+    alice.element().await.expect("own presence echoed");
+    drop(alice);
+    depth_becomes(&server, 2).await;
+    let mut collect = processor(&server).await;
+    let online = next_stanza(&mut collect).await;
+    assert!(
+        online.is("presence", COMPONENT),
+        "{}",
+        String::from(&online)
+    );
+    assert_eq!(online.attr("from"), Some("alice@localhost/raw"));
+    assert_eq!(
+        online.get_child("status", COMPONENT).map(|s| s.text()),
+        Some("in the field".into())
+    );
+    let offline = next_stanza(&mut collect).await;
+    assert_eq!(offline.attr("type"), Some("unavailable"));
+}
+
+#[tokio::test]
 async fn stream_management_on_the_component_stream() {
     let server = server().await;
     let mut collect = processor(&server).await;
@@ -191,6 +314,7 @@ async fn stream_management_on_the_component_stream() {
     }
     assert_eq!(seen, 3);
     collect.send("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    depth_becomes(&server, 0).await;
     // And the processor learns what the server has handled of its own.
     collect
         .send("<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'><body>1</body></message>")
@@ -232,7 +356,7 @@ async fn unacknowledged_stanzas_of_a_dropped_connection_go_to_another() {
 }
 
 #[tokio::test]
-async fn unacknowledged_stanzas_with_no_other_connection_bounce_to_the_sender() {
+async fn unacknowledged_stanzas_with_no_other_connection_wait_for_the_next_one() {
     let server = server().await;
     let mut only = processor(&server).await;
     only.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
@@ -241,10 +365,8 @@ async fn unacknowledged_stanzas_with_no_other_connection_bounce_to_the_sender() 
     alice.send(&report(7)).await;
     next_stanza(&mut only).await;
     drop(only);
-    let err = alice.element().await.expect("bounce");
-    assert_eq!(err.attr("id"), Some("R-7"));
-    assert_eq!(err.attr("type"), Some("error"));
-    assert!(err
-        .get_child("error", "jabber:client")
-        .is_some_and(|e| e.has_child("service-unavailable", STANZAS)));
+    wait_connected(&server, false).await;
+    assert_eq!(queue_depth(&server).await, 1, "kept, not bounced");
+    let mut next = processor(&server).await;
+    assert_eq!(next_stanza(&mut next).await.attr("id"), Some("R-7"));
 }

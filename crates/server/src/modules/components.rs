@@ -1,6 +1,8 @@
-//! Routing between local users and external components (XEP-0114):
-//! processors receive what users address to their domain, and what they
-//! send is routed like any stanza.
+//! Routing between local users and external components (XEP-0114).
+//! Everything addressed to a component domain goes through its durable
+//! queue (`crate::queue`): committed before it counts as handled, kept
+//! while no processor is connected. What components send is routed like
+//! any stanza.
 
 use super::{message, presence};
 use crate::node::Node;
@@ -10,24 +12,43 @@ use tributary_proto::error::StanzaErrorCondition;
 use tributary_proto::ns;
 use tributary_proto::routing::MessageType;
 use tributary_proto::stanza::{self, StanzaKind};
+use tributary_store::Enqueued;
 
-/// Where a stanza for a non-local domain went.
-pub enum Route {
-    Delivered,
-    /// A configured component with no connection: the stanza comes back.
-    NotConnected(Element),
-    /// Not a component domain either.
-    Unknown(Element),
-}
-
-pub fn to_component(node: &Node, to: &Jid, el: Element) -> Route {
+/// Commits a stanza to the queue of the component serving `to`. `Err` is
+/// the condition the sender must be told.
+pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), StanzaErrorCondition> {
     let domain = to.domain().as_str();
     if !node.config.is_component(domain) {
-        return Route::Unknown(el);
+        return Err(StanzaErrorCondition::RemoteServerNotFound);
     }
-    match node.router.to_component(domain, el) {
-        Ok(()) => Route::Delivered,
-        Err(el) => Route::NotConnected(el),
+    let sender = stanza::from(el).unwrap_or_default();
+    match node
+        .queues
+        .enqueue(domain, sender, stanza::id(el), el)
+        .await
+    {
+        Ok(Enqueued::Accepted(_)) => Ok(()),
+        Ok(Enqueued::OverQuota) => {
+            tracing::warn!(%domain, "queue quota reached; refusing a stanza");
+            Err(StanzaErrorCondition::ResourceConstraint)
+        }
+        Err(e) => {
+            tracing::error!(%domain, "cannot queue a stanza: {e}");
+            Err(StanzaErrorCondition::InternalServerError)
+        }
+    }
+}
+
+/// Queues a local user's presence change for every component that
+/// observes presence (the online-confirmation case).
+pub async fn observe_presence(node: &Node, pres: &Element) {
+    for c in node.config.components.iter().filter(|c| c.observe_presence) {
+        let mut copy = pres.clone();
+        stanza::set_attr(&mut copy, "to", c.domain.as_str());
+        if let Ok(to) = Jid::new(&c.domain) {
+            // Presence carries no error back; a refusal is logged.
+            let _ = to_component(node, &to, &copy).await;
+        }
     }
 }
 
@@ -46,26 +67,6 @@ pub fn error_for(el: &Element, cond: StanzaErrorCondition) -> Option<Element> {
     wants_error(el).then(|| stanza::error_reply(el, cond, None))
 }
 
-/// Sends an error for `el` back to its sender (a local session or a
-/// component), when it deserves one.
-pub fn bounce(node: &Node, el: &Element, cond: StanzaErrorCondition) {
-    let Some(reply) = error_for(el, cond) else {
-        return;
-    };
-    let Ok(Some(to)) = stanza::to_jid(&reply) else {
-        return;
-    };
-    if to.domain().as_str() == node.domain() {
-        if let (Some(user), Some(resource)) = (to.node(), to.resource()) {
-            if let Some(session) = node.router.session(user.as_str(), resource.as_str()) {
-                session.deliver(reply);
-            }
-        }
-    } else if node.config.is_component(to.domain().as_str()) {
-        let _ = node.router.to_component(to.domain().as_str(), reply);
-    }
-}
-
 /// A stanza a component sent (already in `jabber:client`); returns the
 /// error reply for the component, if any.
 pub async fn from_component(node: &Node, el: Element) -> Option<Element> {
@@ -74,10 +75,9 @@ pub async fn from_component(node: &Node, el: Element) -> Option<Element> {
     };
     let from = stanza::from(&el).and_then(|f| Jid::new(f).ok())?;
     if to.domain().as_str() != node.domain() {
-        return match to_component(node, &to, el) {
-            Route::Delivered => None,
-            Route::NotConnected(el) => error_for(&el, StanzaErrorCondition::ServiceUnavailable),
-            Route::Unknown(el) => error_for(&el, StanzaErrorCondition::RemoteServerNotFound),
+        return match to_component(node, &to, &el).await {
+            Ok(()) => None,
+            Err(cond) => error_for(&el, cond),
         };
     }
     match StanzaKind::of(&el, ns::CLIENT)? {

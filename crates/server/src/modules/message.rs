@@ -2,7 +2,7 @@
 //! full JIDs. The rules themselves are pure functions in
 //! `tributary_proto::routing`; this module applies them to the router.
 
-use super::components::{self, Route};
+use super::components;
 use super::{blocking, carbons, offline, Session};
 use crate::node::Node;
 use jid::Jid;
@@ -25,16 +25,9 @@ pub async fn from_client(node: &Node, s: &mut Session, msg: Element) {
         return;
     }
     if to.domain().as_str() != node.domain() {
-        let failed = match components::to_component(node, &to, msg) {
-            Route::Delivered => None,
-            Route::NotConnected(msg) => {
-                components::error_for(&msg, StanzaErrorCondition::ServiceUnavailable)
-            }
-            Route::Unknown(msg) => {
-                components::error_for(&msg, StanzaErrorCondition::RemoteServerNotFound)
-            }
-        };
-        s.replies.extend(failed);
+        if let Err(cond) = components::to_component(node, &to, &msg).await {
+            s.replies.extend(components::error_for(&msg, cond));
+        }
         return;
     }
     let Some(user) = to.node().map(|n| n.to_string()) else {
@@ -139,13 +132,10 @@ pub async fn route_iq(node: &Node, s: &mut Session, iq: Element) {
         _ => return,
     };
     if to.domain().as_str() != node.domain() {
-        return match components::to_component(node, &to, iq) {
-            Route::Delivered => {}
-            Route::NotConnected(iq) => {
-                reply_error(s, &iq, StanzaErrorCondition::ServiceUnavailable)
-            }
-            Route::Unknown(iq) => reply_error(s, &iq, StanzaErrorCondition::RemoteServerNotFound),
-        };
+        if let Err(cond) = components::to_component(node, &to, &iq).await {
+            reply_error(s, &iq, cond);
+        }
+        return;
     }
     if node.blocks(&s.user, &to).await {
         if is_request {

@@ -95,7 +95,7 @@ impl IqRequest<'_> {
 /// The payload of an iq result, or the error to answer with.
 pub type IqResult = Result<Option<Element>, StanzaErrorCondition>;
 
-pub use components::{bounce, from_component};
+pub use components::from_component;
 
 /// Handles one stanza from a bound client (already `from`-stamped).
 pub async fn handle_stanza(node: &Node, s: &mut Session, el: Element) {

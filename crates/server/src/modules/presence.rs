@@ -87,6 +87,7 @@ async fn to_available_sessions(node: &Node, from: &Jid, to: &BareJid, pres: &Ele
 /// Sends a presence of the session to the contacts subscribed to the user
 /// and to the user's other available resources (RFC 6121 4.2.2, 4.4.2, 4.5.2).
 async fn broadcast(node: &Node, s: &Session, items: &[RosterItem], pres: &Element) {
+    super::components::observe_presence(node, pres).await;
     let from = Jid::from(s.jid.clone());
     for item in items.iter().filter(|i| i.subscription.has_from()) {
         if let Ok(contact) = BareJid::new(&item.jid) {
@@ -226,7 +227,8 @@ pub async fn disconnected(node: &Node, s: &mut Session) {
 
 pub async fn deliver_directed(node: &Node, from: &Jid, to: &Jid, pres: &Element) {
     if to.domain().as_str() != node.domain() {
-        let _ = super::components::to_component(node, to, pres.clone());
+        // Presence carries no error back; a refusal is logged.
+        let _ = super::components::to_component(node, to, pres).await;
         return;
     }
     match to.resource() {

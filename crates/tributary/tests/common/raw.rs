@@ -5,9 +5,10 @@
 use super::{within, TestServer};
 use base64::Engine;
 use minidom::Element;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_xmpp::rustls::pki_types::ServerName;
+use tokio_xmpp::rustls::{self, pki_types::ServerName};
 use tributary_proto::xml::{Frame, Framer};
 
 pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
@@ -124,12 +125,16 @@ impl Raw {
         }
     }
 
-    pub async fn starttls(mut self, server: &TestServer) -> Raw {
+    pub async fn starttls(self, server: &TestServer) -> Raw {
+        self.starttls_with(&server.tls).await
+    }
+
+    pub async fn starttls_with(mut self, tls: &Arc<rustls::ClientConfig>) -> Raw {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = self.element().await.expect("proceed");
         assert_eq!(proceed.name(), "proceed");
-        let tls = tokio_rustls::TlsConnector::from(server.tls.clone());
+        let tls = tokio_rustls::TlsConnector::from(tls.clone());
         let name = ServerName::try_from("localhost").expect("name");
         let Conn::Tcp(tcp) = self.conn else {
             panic!("already TLS")
@@ -161,10 +166,20 @@ impl Raw {
         user: &str,
         password: &str,
     ) -> Raw {
+        Raw::authenticate_with(&server.tls, addr, user, password).await
+    }
+
+    /// STARTTLS (trusting `tls`) and SASL PLAIN against any address.
+    pub async fn authenticate_with(
+        tls: &Arc<rustls::ClientConfig>,
+        addr: &str,
+        user: &str,
+        password: &str,
+    ) -> Raw {
         let mut raw = Raw::connect(addr).await;
         raw.send(HEADER).await;
         raw.features().await;
-        let mut raw = raw.starttls(server).await;
+        let mut raw = raw.starttls_with(tls).await;
         raw.send(HEADER).await;
         raw.features().await;
         let creds =
