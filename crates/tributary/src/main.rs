@@ -46,11 +46,33 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Run the reference data processing server: a component that writes
+    /// reports and presence into SQL and confirms them to the reporters.
+    Process(ProcessArgs),
     /// Inspect the durable component queues (works while the server runs).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ProcessArgs {
+    /// The node's component listener.
+    #[arg(long, default_value = "127.0.0.1:5275")]
+    server: String,
+    /// The component domain to serve (declared in the node's config).
+    #[arg(long, default_value = "collect.localhost")]
+    domain: String,
+    /// The component's shared secret.
+    #[arg(long)]
+    secret: String,
+    /// Where reports go: sqlite://FILE or postgres://...
+    #[arg(long, default_value = "sqlite://reports.db")]
+    db: String,
+    /// Serve the JSON API on this address (e.g. 127.0.0.1:8080).
+    #[arg(long)]
+    http: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +202,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve => serve(load_config(cli.config.as_deref())?).await,
         Command::User { command } => user(load_config(cli.config.as_deref())?, command).await,
+        Command::Process(args) => process(args).await,
         Command::Queue {
             command: QueueCommand::List,
         } => queue_list(load_config(cli.config.as_deref())?).await,
@@ -221,6 +244,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+async fn process(args: ProcessArgs) -> Result<()> {
+    use std::sync::Arc;
+    use tributary_processor::{http, sql::SqlProcessor, LinkConfig, LinkStats};
+    let db = SqlProcessor::connect(&args.db).await?;
+    let stats = Arc::new(LinkStats::default());
+    if let Some(addr) = &args.http {
+        let (addr, db, stats) = (addr.clone(), db.clone(), stats.clone());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(&addr, db, stats).await {
+                tracing::error!("HTTP API stopped: {e:#}");
+            }
+        });
+    }
+    let link = LinkConfig {
+        server: args.server,
+        domain: args.domain,
+        secret: args.secret,
+        max_backoff: std::time::Duration::from_secs(10),
+    };
+    tokio::select! {
+        _ = tributary_processor::run(link, db, stats) => {}
+        _ = shutdown_signal() => tracing::info!("stopping"),
+    }
+    Ok(())
 }
 
 async fn queue_list(config: Config) -> Result<()> {

@@ -1,0 +1,280 @@
+//! The processor's side of a component connection: connect, handshake,
+//! enable XEP-0198, receive stanzas in batches, hand each batch to the
+//! [`Processor`], and only then acknowledge it (`<a h/>`) and confirm to
+//! the reporters. Reconnects by itself with capped, jittered back-off, and
+//! follows a `<see-other-host/>` redirect.
+
+use crate::report::{self, Item, Outcome, NS_RECEIPTS};
+use crate::Processor;
+use anyhow::{anyhow, bail, Context};
+use minidom::Element;
+use rand::Rng;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tributary_proto::component::handshake_digest;
+use tributary_proto::error::{escape, StanzaErrorCondition};
+use tributary_proto::xml::{Frame, Framer};
+use tributary_proto::{ns, sm, stanza};
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// host:port of the node's component listener.
+    pub server: String,
+    pub domain: String,
+    pub secret: String,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Counters the HTTP API shows.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connected: AtomicBool,
+    pub processed: AtomicU64,
+    pub failed: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+enum End {
+    /// The node sent us elsewhere (`<see-other-host/>`).
+    Redirect(String),
+}
+
+/// Serves the component domain until the process ends.
+pub async fn run<P: Processor>(config: LinkConfig, mut processor: P, stats: Arc<LinkStats>) {
+    let mut server = config.server.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&config, &server, &mut processor, &stats).await {
+            Ok(End::Redirect(to)) => {
+                tracing::info!(%to, "redirected by the node");
+                server = to;
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Err(e) => tracing::warn!(%server, "connection to the node ended: {e:#}"),
+        }
+        stats.connected.store(false, Ordering::Relaxed);
+        // Jitter spreads the reconnections of many processors after a
+        // node restart.
+        let jitter = rand::thread_rng().gen_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+struct Stream {
+    tcp: TcpStream,
+    framer: Framer,
+    buf: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl Stream {
+    async fn write(&mut self, data: &str) -> anyhow::Result<()> {
+        self.tcp.write_all(data.as_bytes()).await.context("write")?;
+        Ok(())
+    }
+
+    /// Reads until at least one frame is complete; returns every complete frame.
+    async fn frames(&mut self) -> anyhow::Result<Vec<Frame>> {
+        let mut out = Vec::new();
+        loop {
+            let mut slice: &[u8] = &self.pending;
+            loop {
+                match self.framer.next_frame(&mut slice) {
+                    Ok(Some(f)) => out.push(f),
+                    Ok(None) => break,
+                    Err(e) => bail!("bad XML from the node: {e}"),
+                }
+            }
+            let used = self.pending.len() - slice.len();
+            self.pending.drain(..used);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let n = self.tcp.read(&mut self.buf).await.context("read")?;
+            if n == 0 {
+                bail!("the node closed the connection");
+            }
+            self.pending.extend_from_slice(&self.buf[..n]);
+        }
+    }
+}
+
+/// A stream error's condition, and the redirect target if it is one.
+fn stream_error(el: &Element) -> (String, Option<String>) {
+    let cond = el
+        .children()
+        .find(|c| c.ns() == ns::STREAMS_ERR && c.name() != "text")
+        .map(|c| c.name().to_owned())
+        .unwrap_or_default();
+    let target = (cond == "see-other-host")
+        .then(|| {
+            el.get_child("see-other-host", ns::STREAMS_ERR)
+                .map(|s| s.text().trim().to_owned())
+        })
+        .flatten();
+    (cond, target)
+}
+
+async fn session<P: Processor>(
+    config: &LinkConfig,
+    server: &str,
+    processor: &mut P,
+    stats: &LinkStats,
+) -> anyhow::Result<End> {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+        .await
+        .map_err(|_| anyhow!("connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    let mut s = Stream {
+        tcp,
+        framer: Framer::new(16 << 20),
+        buf: vec![0u8; 64 * 1024],
+        pending: Vec::new(),
+    };
+    s.write(&format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}'>",
+        ns::COMPONENT_ACCEPT,
+        ns::STREAM,
+        escape(&config.domain)
+    ))
+    .await?;
+    // Header, then the handshake answer.
+    let mut id = None;
+    let mut frames = std::collections::VecDeque::new();
+    while id.is_none() {
+        frames.extend(s.frames().await?);
+        while let Some(f) = frames.pop_front() {
+            match f {
+                Frame::StreamOpen(h) => id = Some(h.id.unwrap_or_default()),
+                Frame::Element(e) if e.name() == "error" => {
+                    let (cond, target) = stream_error(&e);
+                    return target
+                        .map(End::Redirect)
+                        .ok_or_else(|| anyhow!("stream error: {cond}"));
+                }
+                _ => {}
+            }
+            if id.is_some() {
+                break;
+            }
+        }
+    }
+    let digest = handshake_digest(&id.unwrap_or_default(), &config.secret);
+    s.write(&format!("<handshake>{digest}</handshake>")).await?;
+    loop {
+        if frames.is_empty() {
+            frames.extend(s.frames().await?);
+        }
+        match frames.pop_front() {
+            Some(Frame::Element(e)) if e.name() == "handshake" => break,
+            Some(Frame::Element(e)) if e.name() == "error" => {
+                let (cond, target) = stream_error(&e);
+                return target
+                    .map(End::Redirect)
+                    .ok_or_else(|| anyhow!("refused: {cond}"));
+            }
+            Some(Frame::StreamClose) => bail!("the node closed the stream"),
+            _ => {}
+        }
+    }
+    s.write(&format!("<enable xmlns='{}'/>", sm::NS)).await?;
+    stats.connected.store(true, Ordering::Relaxed);
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(domain = %config.domain, %server, "connected to the node");
+
+    // Stanzas handled (committed) on this stream: the h we report.
+    let mut handled: u32 = 0;
+    loop {
+        if frames.is_empty() {
+            frames.extend(s.frames().await?);
+        }
+        let mut batch = Vec::new();
+        let mut ack_requested = false;
+        while let Some(f) = frames.pop_front() {
+            match f {
+                Frame::Element(e) if e.has_ns(sm::NS) => match e.name() {
+                    "r" => ack_requested = true,
+                    "failed" => tracing::warn!("the node refused stream management"),
+                    _ => {}
+                },
+                Frame::Element(e) if e.name() == "error" => {
+                    let (cond, target) = stream_error(&e);
+                    return target
+                        .map(End::Redirect)
+                        .ok_or_else(|| anyhow!("stream error: {cond}"));
+                }
+                Frame::Element(e) => {
+                    batch.push(stanza::translate(e, ns::COMPONENT_ACCEPT, ns::CLIENT))
+                }
+                Frame::StreamClose => bail!("the node closed the stream"),
+                _ => {}
+            }
+        }
+        if !batch.is_empty() {
+            let items: Vec<Item> = batch.iter().map(report::parse).collect();
+            // Nothing is acknowledged unless the processor committed it.
+            let outcomes = processor
+                .process(&items)
+                .await
+                .context("processor failed")?;
+            let mut out = String::new();
+            for ((el, item), outcome) in batch.iter().zip(&items).zip(&outcomes) {
+                match outcome {
+                    Outcome::Done => stats.processed.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Failed(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+                };
+                if let Some(reply) = confirmation(&config.domain, el, item, outcome) {
+                    out.push_str(&stanza::to_string(&stanza::translate(
+                        reply,
+                        ns::CLIENT,
+                        ns::COMPONENT_ACCEPT,
+                    )));
+                }
+            }
+            handled = handled.wrapping_add(batch.len() as u32);
+            // Unsolicited acks keep the node's in-flight window moving.
+            out.push_str(&format!("<a xmlns='{}' h='{handled}'/>", sm::NS));
+            s.write(&out).await?;
+        } else if ack_requested {
+            s.write(&format!("<a xmlns='{}' h='{handled}'/>", sm::NS))
+                .await?;
+        }
+    }
+}
+
+/// The receipt, iq result or error that tells the reporter what happened.
+fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> Option<Element> {
+    match (item, outcome) {
+        (Item::Report(r), Outcome::Done) if r.wants_receipt => {
+            let mut msg = stanza::element(
+                "message",
+                ns::CLIENT,
+                &[("from", domain), ("to", &r.sender_full)],
+            );
+            msg.append_child(stanza::element("received", NS_RECEIPTS, &[("id", &r.id)]));
+            Some(msg)
+        }
+        (Item::Report(r), Outcome::Done) if r.iq_id.is_some() => Some(stanza::iq_result(el, None)),
+        (Item::Report(r), Outcome::Failed(why)) if r.iq_id.is_some() => Some(stanza::error_reply(
+            el,
+            StanzaErrorCondition::NotAcceptable,
+            Some(why),
+        )),
+        (Item::Other, _)
+            if el.name() == "iq" && matches!(stanza::stanza_type(el), Some("get" | "set")) =>
+        {
+            Some(stanza::error_reply(
+                el,
+                StanzaErrorCondition::ServiceUnavailable,
+                None,
+            ))
+        }
+        _ => None,
+    }
+}

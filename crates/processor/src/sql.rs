@@ -1,0 +1,187 @@
+//! The reference processor: reports and presence into SQL (SQLite by
+//! default, PostgreSQL in production), idempotently: a report that comes
+//! again after a reconnect or a crash is a no-op.
+
+use crate::report::{Item, Outcome};
+use crate::Processor;
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+/// The schema of the issue's contract; the same SQL runs on both engines.
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS reports (sender TEXT NOT NULL, id TEXT NOT NULL, kind TEXT, at TEXT, \
+     payload TEXT, received_at TEXT, PRIMARY KEY (sender, id))",
+    "CREATE TABLE IF NOT EXISTS presence (jid TEXT PRIMARY KEY, resource TEXT, available INTEGER, \
+     show TEXT, status TEXT, updated_at TEXT)",
+];
+
+#[derive(Clone)]
+pub struct SqlProcessor {
+    pool: AnyPool,
+}
+
+impl SqlProcessor {
+    /// Opens `sqlite://path` (created if missing) or `postgres://...`.
+    pub async fn connect(url: &str) -> anyhow::Result<SqlProcessor> {
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the database {url}"))?;
+        if url.starts_with("sqlite:") {
+            // Commits must be on disk before reports are acknowledged.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA synchronous=FULL")
+                .execute(&pool)
+                .await?;
+        }
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await?;
+        }
+        Ok(SqlProcessor { pool })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Reports, newest first, optionally filtered.
+    pub async fn reports(
+        &self,
+        sender: Option<&str>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ReportRow>> {
+        let rows = sqlx::query(
+            "SELECT sender, id, kind, at, payload, received_at FROM reports \
+             WHERE ($1 IS NULL OR sender = $1) AND ($2 IS NULL OR kind = $2) \
+             ORDER BY received_at DESC, id DESC LIMIT $3",
+        )
+        .bind(sender)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReportRow {
+                    sender: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    at: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    received_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Users whose last presence was available.
+    pub async fn online(&self) -> anyhow::Result<Vec<PresenceRow>> {
+        let rows = sqlx::query(
+            "SELECT jid, resource, show, status, updated_at FROM presence WHERE available = 1 ORDER BY jid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PresenceRow {
+                    jid: r.try_get(0)?,
+                    resource: r.try_get(1)?,
+                    show: r.try_get(2)?,
+                    status: r.try_get(3)?,
+                    updated_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn report_count(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM reports")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReportRow {
+    pub sender: String,
+    pub id: String,
+    pub kind: Option<String>,
+    pub at: Option<String>,
+    pub payload: Option<String>,
+    pub received_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PresenceRow {
+    pub jid: String,
+    pub resource: Option<String>,
+    pub show: Option<String>,
+    pub status: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[async_trait::async_trait]
+impl Processor for SqlProcessor {
+    async fn process(&mut self, batch: &[Item]) -> anyhow::Result<Vec<Outcome>> {
+        let received_at = now();
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item {
+                Item::Report(r) => {
+                    sqlx::query(
+                        "INSERT INTO reports (sender, id, kind, at, payload, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, id) DO NOTHING",
+                    )
+                    .bind(&r.sender)
+                    .bind(&r.id)
+                    .bind(&r.kind)
+                    .bind(&r.at)
+                    .bind(&r.payload)
+                    .bind(&received_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Item::Presence(p) => {
+                    sqlx::query(
+                        "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
+                         resource = excluded.resource, available = excluded.available, show = excluded.show, \
+                         status = excluded.status, updated_at = excluded.updated_at",
+                    )
+                    .bind(&p.jid)
+                    .bind(&p.resource)
+                    .bind(i32::from(p.available))
+                    .bind(&p.show)
+                    .bind(&p.status)
+                    .bind(&received_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Item::Other => {}
+            }
+            outcomes.push(Outcome::Done);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
