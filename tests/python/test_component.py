@@ -77,3 +77,42 @@ def test_wrong_secret_is_refused(component_server):
         processor.disconnect()
 
     run(component_server, body)
+
+
+def test_slixmpp_reports_are_processed_by_tributary_process(component_server, tmp_path):
+    """A report sent by slixmpp (not our collector) is committed by the
+    reference processor, and slixmpp gets the XEP-0184 receipt."""
+    import sqlite3
+    import subprocess
+
+    from conftest import tributary_bin
+
+    db = tmp_path / "reports.db"
+    proc = subprocess.Popen(
+        [str(tributary_bin()), "process",
+         "--server", f"{component_server.host}:{component_server.component_port}",
+         "--domain", COMPONENT_DOMAIN, "--secret", COMPONENT_SECRET,
+         "--db", f"sqlite://{db}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        async def body(s: Session):
+            alice = await s.login("alice")
+            # slixmpp's own XEP-0184 plugin recognises the receipt.
+            alice.register_plugin("xep_0184")
+            got = expect(alice, "receipt_received")
+            alice.send_raw(
+                f"<message xmlns='jabber:client' to='{COMPONENT_DOMAIN}' id='R-py-1'>"
+                "<report xmlns='urn:tributary:report:0' id='R-py-1' kind='meter.reading'>"
+                "<json xmlns='urn:xmpp:json:0'>{\"kwh\": 12.5}</json></report>"
+                "<request xmlns='urn:xmpp:receipts'/></message>")
+            receipt = await wait(got, "the processed receipt", timeout=20)
+            assert str(receipt["from"]) == COMPONENT_DOMAIN
+            assert receipt["receipt"] == "R-py-1"
+
+        run(component_server, body)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT sender, id, kind, payload FROM reports").fetchall()
+        assert rows == [("alice@localhost", "R-py-1", "meter.reading", '{"kwh": 12.5}')]
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
