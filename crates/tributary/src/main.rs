@@ -1,6 +1,8 @@
 //! `tributary`: the single binary. Errors reach the user as one line and
 //! a non-zero exit status; nothing here panics on user input.
 
+mod demo;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Read;
@@ -46,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Send reports (or presence) as a collector, with a durable outbox.
+    Report(tributary_collector::ReportArgs),
+    /// Run a node, the reference processor and simulated collectors in one
+    /// go, on embedded defaults.
+    Demo(demo::DemoArgs),
     /// Run the reference data processing server: a component that writes
     /// reports and presence into SQL and confirms them to the reporters.
     Process(ProcessArgs),
@@ -203,6 +210,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve => serve(load_config(cli.config.as_deref())?).await,
         Command::User { command } => user(load_config(cli.config.as_deref())?, command).await,
         Command::Process(args) => process(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Report(args) => {
+            let summary = tributary_collector::main_with(args).await?;
+            if !summary.is_complete() {
+                bail!(
+                    "{} reports are still waiting in the outbox",
+                    summary.remaining
+                );
+            }
+            Ok(())
+        }
         Command::Queue {
             command: QueueCommand::List,
         } => queue_list(load_config(cli.config.as_deref())?).await,
@@ -225,7 +243,7 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
