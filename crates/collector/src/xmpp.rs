@@ -316,7 +316,19 @@ pub async fn connect(
     if sm && offers_sm {
         n.send(&format!("<enable xmlns='{}' resume='true'/>", sm::NS))
             .await?;
-        let answer = n.element().await?;
+        // Stanzas the server sends before <enabled/> are outside stream
+        // management's count; only the SM answer (or an error) decides.
+        let answer = loop {
+            let e = n.element().await?;
+            if e.has_ns(sm::NS) || e.name() == "error" {
+                break e;
+            }
+        };
+        if answer.name() == "error" {
+            return Err(ConnectError::Retry(
+                "stream error while enabling stream management".into(),
+            ));
+        }
         if answer.is("enabled", sm::NS) {
             enabled = Some(Enabled {
                 id: answer.attr("id").unwrap_or_default().to_owned(),

@@ -102,6 +102,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("API:       http://{api}/api/stats  /api/reports  /api/online");
 
     let cert = args.dir.join("node/tls/cert.pem");
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for n in 1..=args.collectors {
         let user = format!("collector{n}");
@@ -153,9 +154,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             }
         }
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = u64::from(args.collectors) * u64::from(args.reports);
     println!(
         "reports stored by the processor: {}",
         db.report_count().await?
+    );
+    println!(
+        "{total} reports sent, accepted and processed in {elapsed:.2} s: {:.0} reports/s end to end",
+        total as f64 / elapsed.max(1e-9)
     );
     if args.exit_when_done {
         running.shutdown().await;

@@ -295,3 +295,88 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
     drop(processor);
     drop(node);
 }
+
+/// The scenario: 10 collectors send 20,000 reports while the
+/// processor is SIGKILLed and restarted three times and the node once.
+#[tokio::test]
+async fn ten_collectors_twenty_thousand_reports_through_kills() {
+    const COLLECTORS: u32 = 10;
+    const EACH: u32 = 2000;
+    let dir = tempfile::tempdir().expect("dir");
+    let (config, c2s, comp) = write_config(dir.path());
+    let config = config.to_string_lossy().into_owned();
+    {
+        let store = tributary_store::SqliteStore::open(&dir.path().join("data/tributary.sqlite"))
+            .await
+            .expect("store");
+        for n in 0..COLLECTORS {
+            let creds = tributary_proto::scram::Credentials::new("pw").expect("creds");
+            tributary_store::Store::create_account(&store, &format!("c{n}"), &creds)
+                .await
+                .expect("account");
+        }
+    }
+    let mut node = Proc::spawn(&["serve", "--config", &config]);
+    wait_listening(&c2s).await;
+    let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
+    let processor_args = [
+        "process",
+        "--server",
+        &comp,
+        "--domain",
+        "collect.localhost",
+        "--secret",
+        "s",
+        "--db",
+        &db_url,
+    ];
+    let mut processor = Proc::spawn(&processor_args);
+    let cert = dir.path().join("data/tls/cert.pem");
+
+    let mut collectors = Vec::new();
+    for n in 0..COLLECTORS {
+        let mut cc = tributary_collector::CollectorConfig::new(format!("c{n}@localhost"), "pw");
+        cc.server = c2s.clone();
+        cc.outbox = dir.path().join(format!("outbox-{n}.sqlite"));
+        cc.tls_ca = Some(cert.clone());
+        cc.retry_for = Duration::from_secs(120);
+        cc.wait_timeout = Duration::from_secs(60);
+        let reports: Vec<serde_json::Value> = (0..EACH)
+            .map(|i| serde_json::json!({"c": n, "i": i}))
+            .collect();
+        collectors.push(tokio::spawn(async move {
+            tributary_collector::run(&cc, reports).await
+        }));
+    }
+    // Kill the processor three times while reports flow, then the node.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        processor.kill();
+        processor = Proc::spawn(&processor_args);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    node.kill();
+    node = Proc::spawn(&["serve", "--config", &config]);
+    wait_listening(&c2s).await;
+
+    for (n, c) in collectors.into_iter().enumerate() {
+        let summary = tokio::time::timeout(Duration::from_secs(240), c)
+            .await
+            .expect("collector finished in time")
+            .expect("collector task")
+            .unwrap_or_else(|e| panic!("collector {n}: {e}"));
+        assert_eq!(
+            summary.processed,
+            u64::from(EACH),
+            "collector {n}: {summary:?}"
+        );
+        assert_eq!(summary.remaining, 0, "collector {n}: {summary:?}");
+    }
+    let db = SqlProcessor::connect(&db_url).await.expect("db");
+    assert_eq!(
+        db.report_count().await.expect("count"),
+        i64::from(COLLECTORS * EACH)
+    );
+    drop(processor);
+    drop(node);
+}
