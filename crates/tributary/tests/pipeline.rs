@@ -191,6 +191,23 @@ fn write_config(dir: &Path) -> (PathBuf, String, String) {
     (path, c2s, comp)
 }
 
+/// `tributary process` serving collect.localhost through `comp` into `db_url`.
+fn processor_args(comp: &str, db_url: &str) -> Vec<String> {
+    [
+        "process",
+        "--server",
+        comp,
+        "--domain",
+        "collect.localhost",
+        "--secret",
+        "s",
+        "--db",
+        db_url,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 async fn wait_listening(addr: &str) {
     tokio::time::timeout(Duration::from_secs(30), async {
         while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -222,17 +239,8 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
     let mut node = Proc::spawn(&["serve", "--config", &config]);
     wait_listening(&c2s).await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
-    let processor_args = [
-        "process",
-        "--server",
-        &comp,
-        "--domain",
-        "collect.localhost",
-        "--secret",
-        "s",
-        "--db",
-        &db_url,
-    ];
+    let processor_args = processor_args(&comp, &db_url);
+    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
     let mut processor = Proc::spawn(&processor_args);
     let tls = tls_config(&dir.path().join("data/tls/cert.pem"));
 
@@ -319,17 +327,8 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     let mut node = Proc::spawn(&["serve", "--config", &config]);
     wait_listening(&c2s).await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
-    let processor_args = [
-        "process",
-        "--server",
-        &comp,
-        "--domain",
-        "collect.localhost",
-        "--secret",
-        "s",
-        "--db",
-        &db_url,
-    ];
+    let processor_args = processor_args(&comp, &db_url);
+    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
     let mut processor = Proc::spawn(&processor_args);
     let cert = dir.path().join("data/tls/cert.pem");
 
