@@ -76,6 +76,11 @@ pub struct ReportArgs {
     /// without a new confirmation (reports stay in the outbox).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub wait_timeout: u64,
+    /// With --wait processed: after this many seconds without a new
+    /// confirmation, send the accepted reports still waiting for one again
+    /// (their receipts may have been lost with a crashed server).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub reconfirm_after: u64,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -149,6 +154,7 @@ impl ReportArgs {
         c.wait = self.wait.into();
         c.retry_for = Duration::from_secs(self.retry_for);
         c.wait_timeout = Duration::from_secs(self.wait_timeout);
+        c.reconfirm_after = Duration::from_secs(self.reconfirm_after);
         c.tls_ca = self.ca.clone();
         c.insecure_accept_any = self.insecure;
         Ok(c)

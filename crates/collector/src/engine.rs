@@ -80,6 +80,8 @@ pub async fn run(config: &CollectorConfig, reports: Vec<Report>) -> Result<Summa
             failed: HashSet::new(),
             held: HashSet::new(),
             receipts: Vec::new(),
+            duplicate_receipts: 0,
+            reconfirmed: false,
             last_progress: Instant::now(),
             progress: 0,
         };
@@ -139,6 +141,10 @@ struct Engine<'a> {
     held: HashSet<String>,
     /// Receipts read and not yet committed to the outbox.
     receipts: Vec<String>,
+    /// Receipts for reports already confirmed in this run.
+    duplicate_receipts: u64,
+    /// Whether this session already sent the awaiting reports again.
+    reconfirmed: bool,
     /// Last acceptance or receipt.
     last_progress: Instant,
     /// Acknowledgements and receipts seen, ever.
@@ -152,6 +158,7 @@ impl Engine<'_> {
             accepted: self.accepted.len() as u64,
             processed: self.processed.len() as u64,
             failed: self.failed.len() as u64,
+            duplicate_receipts: self.duplicate_receipts,
             remaining: 0,
         }
     }
@@ -223,23 +230,49 @@ impl Engine<'_> {
         }
     }
 
-    /// Reads what is left to do from the outbox (a fresh session sends it
-    /// all again: whatever was in flight on the old one may be lost).
+    /// Reads what is left to do from the outbox: what the server has not
+    /// accepted goes out (again: whatever was in flight on an old session
+    /// may be lost); what it accepted waits for its receipt.
     async fn reload(&mut self) -> Result<(), Error> {
-        let with_accepted = self.config.wait == Wait::Processed;
         self.pending = self
             .outbox
-            .load(with_accepted)
+            .load(false)
             .await?
             .into_iter()
             .filter(|r| !self.held.contains(&r.id))
             .collect();
-        self.awaiting = if with_accepted {
+        self.awaiting = if self.config.wait == Wait::Processed {
             self.outbox.accepted_ids().await?.into_iter().collect()
         } else {
             HashSet::new()
         };
         self.awaiting.retain(|id| !self.held.contains(id));
+        self.reconfirmed = false;
+        Ok(())
+    }
+
+    /// Nothing came for `reconfirm_after` while reports wait for their
+    /// receipts: a receipt may have been lost with the server (it keeps
+    /// them in memory only), so those reports go out again. The server
+    /// merges a copy with a report it still has queued, and the processor
+    /// answers a report it already committed again, without a new row.
+    async fn reconfirm(&mut self) -> Result<(), Error> {
+        self.reconfirmed = true;
+        let again: Vec<Stored> = self
+            .outbox
+            .load(true)
+            .await?
+            .into_iter()
+            .filter(|r| self.awaiting.contains(&r.id))
+            .collect();
+        if !again.is_empty() {
+            tracing::info!(
+                "no receipt for {:?}: sending {} accepted report(s) again",
+                self.config.reconfirm_after,
+                again.len()
+            );
+            self.pending.extend(again);
+        }
         Ok(())
     }
 
@@ -278,8 +311,18 @@ impl Engine<'_> {
                     }
                 }
             }
-            Established::Fresh { jid, sm, failed_h } => {
+            Established::Fresh {
+                jid,
+                sm,
+                failed_h,
+                early,
+            } => {
                 tracing::info!(%jid, "session started");
+                // Receipts routed to us before stream management began.
+                for el in early.iter().filter(|e| e.name() == "message") {
+                    self.on_message(el).await?;
+                }
+                self.flush_receipts().await?;
                 if let Some(h) = failed_h {
                     // The server still knew how much of the old session
                     // it handled: those are accepted.
@@ -324,6 +367,8 @@ impl Engine<'_> {
             };
             let idle = self.pending.is_empty() && self.unacked_reports() == 0;
             let give_up_at = idle.then(|| self.last_progress + self.config.wait_timeout);
+            let reconfirm_at = (idle && !self.reconfirmed && !self.awaiting.is_empty())
+                .then(|| self.last_progress + self.config.reconfirm_after);
             tokio::select! {
                 frame = link.recv() => {
                     let frame = match frame {
@@ -364,6 +409,7 @@ impl Engine<'_> {
                     }
                     probe_sent = Some(Instant::now());
                 }
+                _ = sleep_until_opt(reconfirm_at) => self.reconfirm().await?,
                 _ = sleep_until_opt(give_up_at) => {
                     tracing::warn!(
                         "no receipt for {:?}; {} report(s) stay in the outbox as accepted",
@@ -539,7 +585,9 @@ impl Engine<'_> {
         }
         for received in el.children().filter(|c| c.is("received", RECEIPTS_NS)) {
             if let Some(id) = received.attr("id") {
-                if !self.processed.contains(id) && !self.failed.contains(id) {
+                if self.processed.contains(id) {
+                    self.duplicate_receipts += 1;
+                } else if !self.failed.contains(id) {
                     self.receipts.push(id.to_owned());
                 }
             }
@@ -556,6 +604,7 @@ impl Engine<'_> {
         let removed: HashSet<String> = self.outbox.remove(&ids).await?.into_iter().collect();
         for id in ids {
             if self.processed.contains(&id) {
+                self.duplicate_receipts += 1;
                 continue;
             }
             if !removed.contains(&id) && !self.sent.contains(&id) {

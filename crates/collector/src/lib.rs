@@ -73,6 +73,11 @@ pub struct CollectorConfig {
     /// once everything was accepted, before returning with reports still
     /// waiting in the outbox.
     pub wait_timeout: Duration,
+    /// With [`Wait::Processed`]: how long to wait without any new receipt
+    /// before sending the accepted reports still waiting for one again
+    /// (once per session), in case their receipts were lost with a
+    /// crashed server. Copies are harmless: see docs/protocol.md.
+    pub reconfirm_after: Duration,
     /// PEM file with the certificates to trust (for a self-signed server
     /// certificate: `<data_dir>/tls/cert.pem`). Without it, the system's
     /// roots are used.
@@ -106,6 +111,7 @@ impl CollectorConfig {
             wait: Wait::Processed,
             retry_for: Duration::from_secs(120),
             wait_timeout: Duration::from_secs(30),
+            reconfirm_after: Duration::from_secs(10),
             tls_ca: None,
             insecure_accept_any: false,
             resource: None,
@@ -128,6 +134,9 @@ pub struct Summary {
     /// this run. Refusals of type `wait` stay queued for the next run;
     /// others stay in the outbox marked `failed` and are not sent again.
     pub failed: u64,
+    /// Receipts that came again for a report already confirmed in this
+    /// run (ignored; the server and processor are built to send none).
+    pub duplicate_receipts: u64,
     /// Reports the outbox still holds at the end (queued, accepted but not
     /// yet processed, or failed).
     pub remaining: u64,
@@ -146,7 +155,11 @@ impl fmt::Display for Summary {
             f,
             "sent {}, accepted {}, processed {}, failed {}, left in outbox {}",
             self.sent, self.accepted, self.processed, self.failed, self.remaining
-        )
+        )?;
+        if self.duplicate_receipts > 0 {
+            write!(f, ", duplicate receipts {}", self.duplicate_receipts)?;
+        }
+        Ok(())
     }
 }
 

@@ -99,11 +99,14 @@ pub enum Established {
     /// the server handled.
     Resumed { h: u32 },
     /// A new session. `failed_h`: the server's count for the previous
-    /// session when it refused to resume it but still knew it.
+    /// session when it refused to resume it but still knew it. `early`:
+    /// stanzas the server sent before `<enabled/>` (receipts for an earlier
+    /// session, say), outside stream management's count.
     Fresh {
         jid: String,
         sm: Option<Enabled>,
         failed_h: Option<u32>,
+        early: Vec<Element>,
     },
 }
 
@@ -313,6 +316,7 @@ pub async fn connect(
         n.iq_answer("session-1").await?;
     }
     let mut enabled = None;
+    let mut early = Vec::new();
     if sm && offers_sm {
         n.send(&format!("<enable xmlns='{}' resume='true'/>", sm::NS))
             .await?;
@@ -323,6 +327,7 @@ pub async fn connect(
             if e.has_ns(sm::NS) || e.name() == "error" {
                 break e;
             }
+            early.push(e);
         };
         if answer.name() == "error" {
             return Err(ConnectError::Retry(
@@ -345,6 +350,7 @@ pub async fn connect(
             jid,
             sm: enabled,
             failed_h,
+            early,
         },
     ))
 }

@@ -282,6 +282,7 @@ async fn reports_end_processed_and_leave_the_outbox() {
             accepted: 100,
             processed: 100,
             failed: 0,
+            duplicate_receipts: 0,
             remaining: 0
         }
     );
@@ -400,6 +401,7 @@ async fn the_outbox_survives_an_unreachable_server_and_is_flushed_later() {
             accepted: 20,
             processed: 20,
             failed: 0,
+            duplicate_receipts: 0,
             remaining: 0
         }
     );
@@ -561,6 +563,7 @@ async fn a_cut_link_is_resumed_without_duplicates() {
             accepted: 300,
             processed: 300,
             failed: 0,
+            duplicate_receipts: 0,
             remaining: 0
         }
     );
@@ -653,9 +656,11 @@ async fn unconfirmed_reports_stay_accepted_and_are_confirmed_by_a_later_run() {
     ob.close().await;
 
     // With a processor, the next run (no new input) gets them confirmed:
-    // the duplicates it sends are harmless and counted once.
+    // the server hands the queued reports over, and receipts that went to
+    // the first run's session are asked for again once nothing comes.
     let _processor = Processor::connect(node.component()).await;
     config.wait_timeout = Duration::from_secs(20);
+    config.reconfirm_after = Duration::from_millis(500);
     let summary = within(run(&config, Vec::<Report>::new()))
         .await
         .expect("run");

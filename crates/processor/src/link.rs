@@ -9,6 +9,7 @@ use crate::Processor;
 use anyhow::{anyhow, bail, Context};
 use minidom::Element;
 use rand::Rng;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,22 +48,62 @@ enum End {
 pub async fn run<P: Processor>(config: LinkConfig, mut processor: P, stats: Arc<LinkStats>) {
     let mut server = config.server.clone();
     let mut backoff = Duration::from_millis(100);
+    // Redirected since the last session that got through the handshake: a
+    // redirect is followed at once, but a chain (or a loop) of them waits
+    // like any reconnection.
+    let mut redirected = false;
     loop {
-        match session(&config, &server, &mut processor, &stats).await {
+        let sessions = stats.connections.load(Ordering::Relaxed);
+        let ended = session(&config, &server, &mut processor, &stats).await;
+        if stats.connections.load(Ordering::Relaxed) != sessions {
+            redirected = false;
+        }
+        stats.connected.store(false, Ordering::Relaxed);
+        match ended {
             Ok(End::Redirect(to)) => {
+                let to = redirect_address(&to, &server);
                 tracing::info!(%to, "redirected by the node");
                 server = to;
-                backoff = Duration::from_millis(100);
-                continue;
+                if !redirected {
+                    redirected = true;
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
             }
             Err(e) => tracing::warn!(%server, "connection to the node ended: {e:#}"),
         }
-        stats.connected.store(false, Ordering::Relaxed);
         // Jitter spreads the reconnections of many processors after a
         // node restart.
         let jitter = rand::thread_rng().gen_range(0.5..1.5);
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
         backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// The host:port to connect to for a `<see-other-host/>` target. RFC 6120
+/// 4.9.3.19: a domainpart (FQDN, IPv4 address, or IPv6 address in
+/// brackets), optionally followed by ":port"; without a port, the port of
+/// the current connection (`current`) is kept.
+fn redirect_address(target: &str, current: &str) -> String {
+    if target.parse::<SocketAddr>().is_ok() {
+        return target.to_owned();
+    }
+    let Some(port) = current
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    else {
+        return target.to_owned();
+    };
+    let bare = target
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(target);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return SocketAddr::new(ip, port).to_string();
+    }
+    match target.rsplit_once(':') {
+        Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => target.to_owned(),
+        _ => format!("{target}:{port}"),
     }
 }
 
@@ -117,7 +158,8 @@ fn stream_error(el: &Element) -> (String, Option<String>) {
             el.get_child("see-other-host", ns::STREAMS_ERR)
                 .map(|s| s.text().trim().to_owned())
         })
-        .flatten();
+        .flatten()
+        .filter(|t| !t.is_empty());
     (cond, target)
 }
 
@@ -188,18 +230,23 @@ async fn session<P: Processor>(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(domain = %config.domain, %server, "connected to the node");
 
-    // Stanzas handled (committed) on this stream: the h we report.
+    // Stanzas handled (committed) on this stream: the h we report. XEP-0198
+    // counts from `<enabled/>`: stanzas the node wrote before it are not
+    // counted (it acknowledges those by our receipts instead).
     let mut handled: u32 = 0;
+    let mut enabled = false;
     loop {
         if frames.is_empty() {
             frames.extend(s.frames().await?);
         }
         let mut batch = Vec::new();
+        let mut counted: u32 = 0;
         let mut ack_requested = false;
         while let Some(f) = frames.pop_front() {
             match f {
                 Frame::Element(e) if e.has_ns(sm::NS) => match e.name() {
                     "r" => ack_requested = true,
+                    "enabled" => enabled = true,
                     "failed" => tracing::warn!("the node refused stream management"),
                     _ => {}
                 },
@@ -210,6 +257,9 @@ async fn session<P: Processor>(
                         .ok_or_else(|| anyhow!("stream error: {cond}"));
                 }
                 Frame::Element(e) => {
+                    if enabled {
+                        counted += 1;
+                    }
                     batch.push(stanza::translate(e, ns::COMPONENT_ACCEPT, ns::CLIENT))
                 }
                 Frame::StreamClose => bail!("the node closed the stream"),
@@ -237,11 +287,15 @@ async fn session<P: Processor>(
                     )));
                 }
             }
-            handled = handled.wrapping_add(batch.len() as u32);
+            handled = handled.wrapping_add(counted);
             // Unsolicited acks keep the node's in-flight window moving.
-            out.push_str(&format!("<a xmlns='{}' h='{handled}'/>", sm::NS));
-            s.write(&out).await?;
-        } else if ack_requested {
+            if enabled {
+                out.push_str(&format!("<a xmlns='{}' h='{handled}'/>", sm::NS));
+            }
+            if !out.is_empty() {
+                s.write(&out).await?;
+            }
+        } else if ack_requested && enabled {
             s.write(&format!("<a xmlns='{}' h='{handled}'/>", sm::NS))
                 .await?;
         }
@@ -276,5 +330,43 @@ fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> O
             ))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redirect_address, stream_error};
+
+    #[test]
+    fn redirect_targets() {
+        let cur = "10.0.0.1:5347";
+        for (target, want) in [
+            ("127.0.0.1:6000", "127.0.0.1:6000"),
+            ("127.0.0.1", "127.0.0.1:5347"),
+            ("[::1]:6000", "[::1]:6000"),
+            ("[::1]", "[::1]:5347"),
+            ("::1", "[::1]:5347"),
+            ("node2.example:6000", "node2.example:6000"),
+            ("node2.example", "node2.example:5347"),
+        ] {
+            assert_eq!(redirect_address(target, cur), want, "{target}");
+        }
+        assert_eq!(redirect_address("[::1]", "[::2]:7000"), "[::1]:7000");
+    }
+
+    #[test]
+    fn see_other_host_without_a_target_is_not_a_redirect() {
+        let error = |inner: &str| -> minidom::Element {
+            format!(
+                "<error xmlns='http://etherx.jabber.org/streams'>\
+                 <see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{inner}</see-other-host></error>"
+            )
+            .parse()
+            .expect("xml")
+        };
+        let (cond, target) = stream_error(&error(" "));
+        assert_eq!((cond.as_str(), target), ("see-other-host", None));
+        let (_, target) = stream_error(&error(" [::1]:5347 "));
+        assert_eq!(target.as_deref(), Some("[::1]:5347"));
     }
 }

@@ -17,6 +17,32 @@ const SCHEMA: [&str; 2] = [
      show TEXT, status TEXT, updated_at TEXT)",
 ];
 
+/// Any fixed number, the same in every process: the advisory lock that
+/// serialises schema creation on PostgreSQL.
+const SCHEMA_LOCK: i64 = 0x7472_6962_7574;
+
+/// Creates the tables if missing. On PostgreSQL, `CREATE TABLE IF NOT
+/// EXISTS` is not safe against a concurrent creator (the loser fails on a
+/// catalog unique index), so processes starting together on a fresh
+/// database (a restarted processor and an API reader, say) take an
+/// advisory lock and create in one transaction.
+async fn create_schema(pool: &AnyPool, postgres: bool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    if postgres {
+        // `pg_advisory_xact_lock` returns `void`, which the Any driver cannot
+        // decode; selecting a constant from it returns an integer instead.
+        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for stmt in SCHEMA {
+        sqlx::query(stmt).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct SqlProcessor {
     pool: AnyPool,
@@ -45,9 +71,9 @@ impl SqlProcessor {
                 .execute(&pool)
                 .await?;
         }
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await?;
-        }
+        create_schema(&pool, url.starts_with("postgres"))
+            .await
+            .context("cannot create the schema")?;
         Ok(SqlProcessor { pool })
     }
 

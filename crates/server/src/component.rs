@@ -10,6 +10,12 @@
 //!
 //! Whatever a connection holds unacknowledged when it ends is handed to
 //! another connection of the domain, or kept until one connects.
+//!
+//! A processor's answer to a queued stanza (receipt, iq result or error)
+//! is routed to the sender only once that stanza is deleted from the queue:
+//! a stanza that comes back after a crash (of the processor or the node)
+//! was never answered, so its sender gets its answer exactly once. An
+//! answer whose stanza comes back is dropped; the redelivery answers again.
 
 use crate::limits::ReadRate;
 use crate::modules;
@@ -37,6 +43,10 @@ const READ_CHUNK: usize = 8192;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A component must finish its handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the handshake, queued stanzas wait this long for `<enable/>`:
+/// how they are acknowledged (SM counts from `<enabled/>`, or answers)
+/// must be settled before the first one is written.
+const ENABLE_GRACE: Duration = Duration::from_millis(250);
 const RECEIPTS: &str = "urn:xmpp:receipts";
 
 pub async fn run(node: Arc<Node>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
@@ -69,13 +79,20 @@ struct ComponentConn {
     shutdown: CancellationToken,
     /// Set once the handshake succeeded.
     domain: Option<String>,
+    /// When to start taking queued stanzas if SM is not enabled by then;
+    /// `None` once taking them (or before the handshake).
+    attach_at: Option<tokio::time::Instant>,
     closing: bool,
     /// With SM: the queue id (if any) of each stanza in the unacked list,
     /// in the same order.
     sm_ids: VecDeque<Option<i64>>,
-    /// Without SM: queued stanzas awaiting a receipt or an iq result, by
-    /// (sender, stanza id).
-    awaiting_answer: HashMap<(String, String), i64>,
+    /// Queued stanzas in flight that ask for an answer (receipt or iq
+    /// result), by (sender, stanza id): their queue id, and whether the
+    /// answer is their ack (written before SM was enabled).
+    answerable: HashMap<(String, String), (i64, bool)>,
+    /// Answers that wait for their stanza's deletion before they go out,
+    /// with the stanza's dedup key, by queue id.
+    held: HashMap<i64, (Element, Option<String>)>,
 }
 
 impl ComponentConn {
@@ -104,9 +121,11 @@ impl ComponentConn {
             kill: CancellationToken::new(),
             shutdown,
             domain: None,
+            attach_at: None,
             closing: false,
             sm_ids: VecDeque::new(),
-            awaiting_answer: HashMap::new(),
+            answerable: HashMap::new(),
+            held: HashMap::new(),
             node,
             span,
         }
@@ -146,6 +165,7 @@ impl ComponentConn {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                 }
                 _ = sleep_until_opt(ack_due) => self.outgoing.on_timer(Instant::now()),
+                _ = sleep_until_opt(self.attach_at.map(Into::into)) => self.attach_queue(),
                 read = stream.read(&mut buf) => {
                     let n = match read {
                         Ok(0) | Err(_) => return,
@@ -181,11 +201,6 @@ impl ComponentConn {
 
     /// Writes a queued stanza and notes how it will be acknowledged.
     fn emit_queued(&mut self, id: i64, el: Element) {
-        if self.outgoing.sm.is_some() {
-            self.sm_ids.push_back(Some(id));
-            self.write(el);
-            return;
-        }
         let answerable = match el.name() {
             "message" => el.has_child("request", RECEIPTS),
             "iq" => matches!(stanza::stanza_type(&el), Some("get" | "set")),
@@ -195,12 +210,17 @@ impl ComponentConn {
             (true, Some(from), Some(sid)) => Some((from.to_owned(), sid.to_owned())),
             _ => None,
         };
+        let sm = self.outgoing.sm.is_some();
+        if sm {
+            self.sm_ids.push_back(Some(id));
+        }
         self.write(el);
         match key {
             Some(key) => {
-                self.awaiting_answer.insert(key, id);
+                self.answerable.insert(key, (id, !sm));
             }
-            None => self.ack(vec![id]),
+            None if !sm => self.ack(vec![id]),
+            None => {}
         }
     }
 
@@ -211,19 +231,75 @@ impl ComponentConn {
         self.write(el);
     }
 
+    /// The processor is done with these items: the queue deletes them,
+    /// then the answers held for them go to their senders.
     fn ack(&mut self, ids: Vec<i64>) {
-        if let Some(domain) = &self.domain {
-            self.node.queues.acked(domain, self.conn_id, ids);
+        let Some(domain) = &self.domain else { return };
+        let answers: Vec<(Element, Option<String>)> =
+            ids.iter().filter_map(|id| self.held.remove(id)).collect();
+        if !self.answerable.is_empty() {
+            let done: std::collections::HashSet<i64> = ids.iter().copied().collect();
+            self.answerable.retain(|_, (id, _)| !done.contains(id));
         }
-    }
-
-    /// A stanza from the processor that answers a queued one (a XEP-0184
-    /// receipt, an iq result or error) acknowledges it.
-    fn answers(&mut self, el: &Element) {
-        if self.awaiting_answer.is_empty() {
+        if answers.is_empty() {
+            self.node.queues.acked(domain, self.conn_id, ids, None);
             return;
         }
-        let Some(to) = stanza::to(el) else { return };
+        let (removed, deleted) = tokio::sync::oneshot::channel();
+        self.node
+            .queues
+            .acked(domain, self.conn_id, ids, Some(removed));
+        // Routed apart from this connection: once the items are deleted
+        // the answers are the only trace of them and must go out even if
+        // the processor disconnects meanwhile.
+        let node = self.node.clone();
+        let domain = domain.clone();
+        tokio::spawn(
+            async move {
+                if deleted.await.is_err() {
+                    return;
+                }
+                // Only an answer that reaches a live session makes a copy a
+                // no-op; one kept offline or for a detached session may
+                // never reach a sender that started afresh.
+                let live = |answer: &Element| {
+                    stanza::to_jid(answer).ok().flatten().is_some_and(|to| {
+                        match (to.node(), to.resource()) {
+                            (Some(user), Some(resource)) => node
+                                .router
+                                .session(user.as_str(), resource.as_str())
+                                .is_some_and(|s| !s.hibernating),
+                            _ => false,
+                        }
+                    })
+                };
+                node.queues.answered(
+                    &domain,
+                    answers
+                        .iter()
+                        .filter(|(answer, _)| live(answer))
+                        .filter_map(|(_, k)| k.as_deref()),
+                );
+                for (answer, _) in answers {
+                    if let Some(err) = modules::from_component(&node, answer).await {
+                        tracing::debug!(error = %stanza::to_string(&err), "an answer was not delivered");
+                    }
+                }
+            }
+            .instrument(self.span.clone()),
+        );
+    }
+
+    /// Whether `el` answers a queued stanza in flight (XEP-0184 receipt,
+    /// iq result or error). Such an answer is held until its stanza is
+    /// deleted; without SM it is the stanza's ack as well.
+    fn hold_answer(&mut self, el: &Element) -> bool {
+        if self.answerable.is_empty() {
+            return false;
+        }
+        let Some(to) = stanza::to(el) else {
+            return false;
+        };
         let answered = match el.name() {
             "message" => el
                 .get_child("received", RECEIPTS)
@@ -231,14 +307,16 @@ impl ComponentConn {
             "iq" if matches!(stanza::stanza_type(el), Some("result" | "error")) => stanza::id(el),
             _ => None,
         };
-        if let Some(sid) = answered {
-            if let Some(id) = self
-                .awaiting_answer
-                .remove(&(to.to_owned(), sid.to_owned()))
-            {
-                self.ack(vec![id]);
-            }
+        let Some(sid) = answered else { return false };
+        let Some((id, acks)) = self.answerable.remove(&(to.to_owned(), sid.to_owned())) else {
+            return false;
+        };
+        let key = modules::components::answer_key(to, sid);
+        self.held.insert(id, (el.clone(), key));
+        if acks {
+            self.ack(vec![id]);
         }
+        true
     }
 
     fn write(&mut self, el: Element) {
@@ -286,16 +364,16 @@ impl ComponentConn {
                             kill: self.kill.clone(),
                         },
                     );
-                    let window = self.node.config.component(&domain).map_or(1, |c| c.window);
-                    self.node
-                        .queues
-                        .attach(&domain, self.conn_id, self.tx.clone(), window);
                     self.domain = Some(domain);
+                    self.attach_at = Some(tokio::time::Instant::now() + ENABLE_GRACE);
                 }
                 Action::Stanza(el) => {
-                    self.answers(&el);
-                    if let Some(reply) = modules::from_component(&self.node, el).await {
-                        self.emit(reply);
+                    // A held answer counts as handled: if it is lost, its
+                    // stanza comes back from the queue and is answered again.
+                    if !self.hold_answer(&el) {
+                        if let Some(reply) = modules::from_component(&self.node, el).await {
+                            self.emit(reply);
+                        }
                     }
                     // Handled: routed, stored or answered (XEP-0198 `h`).
                     self.outgoing.handled_one();
@@ -314,6 +392,7 @@ impl ComponentConn {
                     self.outgoing.sm = Some(SmState::new(id.clone(), false, max));
                     self.outgoing
                         .raw(format!("<enabled xmlns='{}' id='{id}'/>", sm::NS).as_bytes());
+                    self.attach_queue();
                 }
                 Action::AckRequested => self.outgoing.answer_ack_request(),
                 Action::Acked(h) => match self.outgoing.on_ack(h) {
@@ -340,6 +419,17 @@ impl ComponentConn {
                 _ => {}
             }
         }
+    }
+
+    /// Starts taking queued stanzas.
+    fn attach_queue(&mut self) {
+        let (Some(domain), Some(_)) = (&self.domain, self.attach_at.take()) else {
+            return;
+        };
+        let window = self.node.config.component(domain).map_or(1, |c| c.window);
+        self.node
+            .queues
+            .attach(domain, self.conn_id, self.tx.clone(), window);
     }
 
     /// The connection ended: the queue hands what it held to another

@@ -9,12 +9,20 @@
 //!   hands each to exactly one connection of the domain, at most `window`
 //!   in flight per connection. Acknowledged items are deleted; items held
 //!   by a connection that goes away are handed out again.
+//!
+//! A sender that resends a stanza it is unsure about (same bare JID, same
+//! id) gets it merged: with the queued copy while there is one, and for
+//! `RECENTLY_ANSWERED` after the processor's answer to it was routed, so
+//! the processor does not answer it twice. Later copies are new items: the
+//! answer may have been lost (a node crash loses what was in flight to
+//! the sender), and the processor's idempotent commit makes them harmless.
 
 use crate::router::Outbound;
 use minidom::Element;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tributary_store::{Enqueued, NewQueueItem, QueueItem, Store};
 
@@ -22,6 +30,54 @@ use tributary_store::{Enqueued, NewQueueItem, QueueItem, Store};
 const MAX_BATCH: usize = 1024;
 /// Items a dispatcher loads from the store at a time.
 const LOAD: usize = 512;
+/// How long a routed answer makes a resent copy of its stanza a no-op:
+/// longer than a resend takes to follow a lost answer's stanza, short
+/// enough that the set stays small at full rate.
+const RECENTLY_ANSWERED: Duration = Duration::from_secs(60);
+
+/// Dedup keys whose answer went out lately, as hashes in two generations
+/// of `RECENTLY_ANSWERED / 2` each (a key lives between one half and a
+/// whole of it).
+struct RecentAnswers {
+    hasher: std::collections::hash_map::RandomState,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    rotated: Instant,
+}
+
+impl RecentAnswers {
+    fn new(now: Instant) -> Self {
+        RecentAnswers {
+            hasher: Default::default(),
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            rotated: now,
+        }
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        let half = RECENTLY_ANSWERED / 2;
+        if now.duration_since(self.rotated) >= half {
+            self.previous = std::mem::take(&mut self.current);
+            if now.duration_since(self.rotated) >= RECENTLY_ANSWERED {
+                self.previous.clear();
+            }
+            self.rotated = now;
+        }
+    }
+
+    fn insert(&mut self, key: &str, now: Instant) {
+        self.rotate(now);
+        let h = self.hasher.hash_one(key);
+        self.current.insert(h);
+    }
+
+    fn contains(&mut self, key: &str, now: Instant) -> bool {
+        self.rotate(now);
+        let h = self.hasher.hash_one(key);
+        self.current.contains(&h) || self.previous.contains(&h)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -47,12 +103,12 @@ enum Event {
         window: usize,
     },
     /// The connection ended: what it held goes out again.
-    Detach {
-        conn_id: u64,
-    },
+    Detach { conn_id: u64 },
     Acked {
         conn_id: u64,
         ids: Vec<i64>,
+        /// Told once the acknowledged items are deleted from the store.
+        removed: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -61,6 +117,7 @@ pub struct Queues {
     writer: mpsc::Sender<EnqueueRequest>,
     dispatchers: HashMap<String, mpsc::UnboundedSender<Event>>,
     quotas: HashMap<String, u64>,
+    answered: HashMap<String, Mutex<RecentAnswers>>,
 }
 
 impl Queues {
@@ -69,11 +126,16 @@ impl Queues {
     pub fn start(store: Arc<dyn Store>, components: &[(String, u64)]) -> Queues {
         let mut dispatchers = HashMap::new();
         let mut quotas = HashMap::new();
+        let mut answered = HashMap::new();
         for (domain, quota) in components {
             let domain = domain.to_ascii_lowercase();
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(dispatch(domain.clone(), store.clone(), rx));
             dispatchers.insert(domain.clone(), tx);
+            answered.insert(
+                domain.clone(),
+                Mutex::new(RecentAnswers::new(Instant::now())),
+            );
             quotas.insert(domain, *quota);
         }
         let (writer, rx) = mpsc::channel(MAX_BATCH * 4);
@@ -82,26 +144,47 @@ impl Queues {
             writer,
             dispatchers,
             quotas,
+            answered,
+        }
+    }
+
+    /// The processor's answers to these stanzas (by dedup key) were routed.
+    pub fn answered<'k>(&self, domain: &str, keys: impl IntoIterator<Item = &'k str>) {
+        if let Some(recent) = self.answered.get(&domain.to_ascii_lowercase()) {
+            let now = Instant::now();
+            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            for key in keys {
+                recent.insert(key, now);
+            }
         }
     }
 
     /// Commits a stanza to a component's queue; returns once it is on disk
-    /// (or refused over quota).
+    /// (or refused over quota). A stanza with the same `dedup` key as one
+    /// still queued is that item (`Enqueued::AlreadyQueued`).
     pub async fn enqueue(
         &self,
         domain: &str,
         sender: &str,
         stanza_id: Option<&str>,
+        dedup: Option<String>,
         stanza: &Element,
     ) -> Result<Enqueued, QueueError> {
         let queue = domain.to_ascii_lowercase();
         let quota = *self.quotas.get(&queue).ok_or(QueueError::NoSuchQueue)?;
+        if let (Some(key), Some(recent)) = (&dedup, self.answered.get(&queue)) {
+            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.contains(key, Instant::now()) {
+                return Ok(Enqueued::AlreadyAnswered);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let item = NewQueueItem {
             queue,
             sender: sender.to_owned(),
             stanza_id: stanza_id.map(str::to_owned),
             stanza: tributary_proto::stanza::to_string(stanza),
+            dedup,
             quota,
         };
         self.writer
@@ -133,10 +216,24 @@ impl Queues {
         self.event(domain, Event::Detach { conn_id });
     }
 
-    /// The processor acknowledged these items.
-    pub fn acked(&self, domain: &str, conn_id: u64, ids: Vec<i64>) {
+    /// The processor acknowledged these items. `removed`, if given, is
+    /// told once they are deleted from the store.
+    pub fn acked(
+        &self,
+        domain: &str,
+        conn_id: u64,
+        ids: Vec<i64>,
+        removed: Option<oneshot::Sender<()>>,
+    ) {
         if !ids.is_empty() {
-            self.event(domain, Event::Acked { conn_id, ids });
+            self.event(
+                domain,
+                Event::Acked {
+                    conn_id,
+                    ids,
+                    removed,
+                },
+            );
         }
     }
 }
@@ -254,7 +351,11 @@ async fn dispatch(domain: String, store: Arc<dyn Store>, mut rx: mpsc::Unbounded
                     ready.push_front(item);
                 }
             }
-            Event::Acked { conn_id, ids } => {
+            Event::Acked {
+                conn_id,
+                ids,
+                removed,
+            } => {
                 let mut done = Vec::with_capacity(ids.len());
                 for id in ids {
                     if assigned.remove(&id).is_some() {
@@ -268,6 +369,9 @@ async fn dispatch(domain: String, store: Arc<dyn Store>, mut rx: mpsc::Unbounded
                     // They stay stored and are delivered again after a
                     // restart: at least once, never lost.
                     tracing::error!(%domain, "cannot delete acknowledged items: {e}");
+                }
+                if let Some(removed) = removed {
+                    let _ = removed.send(());
                 }
             }
         }
@@ -314,5 +418,29 @@ async fn hand_out(
                 ready.push_front(item);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_answers_are_forgotten_after_their_time() {
+        let t0 = Instant::now();
+        let mut recent = RecentAnswers::new(t0);
+        recent.insert("alice@localhost\nR-1", t0);
+        assert!(recent.contains("alice@localhost\nR-1", t0));
+        assert!(!recent.contains("alice@localhost\nR-2", t0));
+        let half = RECENTLY_ANSWERED / 2;
+        // Still known through the next rotation...
+        assert!(recent.contains("alice@localhost\nR-1", t0 + half));
+        recent.insert("bob@localhost\nR-1", t0 + half);
+        // ...and gone after the one after it; the later key stays.
+        let later = t0 + RECENTLY_ANSWERED + Duration::from_secs(1);
+        assert!(!recent.contains("alice@localhost\nR-1", later));
+        assert!(recent.contains("bob@localhost\nR-1", later));
+        // A long silence forgets everything.
+        assert!(!recent.contains("bob@localhost\nR-1", later + RECENTLY_ANSWERED));
     }
 }

@@ -81,6 +81,9 @@ pub struct NewQueueItem {
     pub sender: String,
     pub stanza_id: Option<String>,
     pub stanza: String,
+    /// Makes a second copy a no-op while the first one is queued (sender
+    /// bare JID and stanza id); `None` queues every copy.
+    pub dedup: Option<String>,
     /// Most items the queue may hold; this one is refused beyond it.
     pub quota: u64,
 }
@@ -101,6 +104,11 @@ pub struct QueueItem {
 pub enum Enqueued {
     /// Committed, with its item id.
     Accepted(i64),
+    /// The same stanza (same `dedup` key) is queued already, with this id.
+    AlreadyQueued(i64),
+    /// The same stanza was processed and answered moments ago (decided by
+    /// the server's queue layer; the store never returns it).
+    AlreadyAnswered,
     /// The queue holds its quota already; nothing was stored.
     OverQuota,
 }

@@ -521,6 +521,18 @@ impl Store for SqliteStore {
         let mut depths: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
+            if let Some(key) = &item.dedup {
+                let existing: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM queue_items WHERE queue = ? AND dedup = ?")
+                        .bind(&item.queue)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(id) = existing {
+                    out.push(Enqueued::AlreadyQueued(id));
+                    continue;
+                }
+            }
             let depth = match depths.get(item.queue.as_str()) {
                 Some(d) => *d,
                 None => {
@@ -538,13 +550,14 @@ impl Store for SqliteStore {
                 continue;
             }
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO queue_items (queue, sender, stanza_id, stanza, enqueued_at) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO queue_items (queue, sender, stanza_id, stanza, dedup, enqueued_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&item.queue)
             .bind(&item.sender)
             .bind(&item.stanza_id)
             .bind(&item.stanza)
+            .bind(&item.dedup)
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
@@ -1381,8 +1394,53 @@ mod tests {
             sender: "alice@localhost/phone".into(),
             stanza_id: Some(format!("R-{n}")),
             stanza: format!("<message id='R-{n}'/>"),
+            dedup: None,
             quota,
         }
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_queued_stanza_is_the_same_item() {
+        let (_dir, store) = new_store().await;
+        let mut first = queued("collect.localhost", 1, 10);
+        first.dedup = Some("alice@localhost\nR-1".into());
+        let mut again = first.clone();
+        again.sender = "alice@localhost/other".into();
+        // Twice in one batch, then once more in a later one.
+        let results = store
+            .enqueue(&[first.clone(), again.clone()])
+            .await
+            .expect("enqueued");
+        let Enqueued::Accepted(id) = results[0] else {
+            panic!("{results:?}")
+        };
+        assert_eq!(results[1], Enqueued::AlreadyQueued(id));
+        assert_eq!(
+            store.enqueue(&[again.clone()]).await.expect("ok"),
+            [Enqueued::AlreadyQueued(id)]
+        );
+        // The same key in another queue is another item.
+        let mut elsewhere = first.clone();
+        elsewhere.queue = "other.localhost".into();
+        assert!(matches!(
+            store.enqueue(&[elsewhere]).await.expect("ok")[..],
+            [Enqueued::Accepted(_)]
+        ));
+        // Once processed and removed, a new copy is queued again.
+        store.queue_remove(&[id]).await.expect("removed");
+        let results = store.enqueue(&[again]).await.expect("ok");
+        assert!(
+            matches!(results[..], [Enqueued::Accepted(n)] if n != id),
+            "{results:?}"
+        );
+        assert_eq!(
+            store
+                .queue_items("collect.localhost", 0, 10)
+                .await
+                .expect("items")
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]

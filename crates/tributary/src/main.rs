@@ -264,10 +264,27 @@ pub(crate) async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// How long `tributary process` waits for its database at start.
+const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn process(args: ProcessArgs) -> Result<()> {
     use std::sync::Arc;
     use tributary_processor::{http, sql::SqlProcessor, LinkConfig, LinkStats};
-    let db = SqlProcessor::connect(&args.db).await?;
+    // A database that is starting, or locked by another processor creating
+    // the schema at the same moment, is waited for a while.
+    let mut wait = std::time::Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let db = loop {
+        match SqlProcessor::connect(&args.db).await {
+            Ok(db) => break db,
+            Err(e) if started.elapsed() < DATABASE_WAIT => {
+                tracing::warn!("database not ready ({e:#}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let stats = Arc::new(LinkStats::default());
     if let Some(addr) = &args.http {
         let (addr, db, stats) = (addr.clone(), db.clone(), stats.clone());

@@ -370,3 +370,100 @@ async fn unacknowledged_stanzas_with_no_other_connection_wait_for_the_next_one()
     let mut next = processor(&server).await;
     assert_eq!(next_stanza(&mut next).await.attr("id"), Some("R-7"));
 }
+
+fn report_with_receipt(n: u32) -> String {
+    format!(
+        "<message xmlns='jabber:client' to='collect.localhost' id='R-{n}'><body>{n}</body><request xmlns='urn:xmpp:receipts'/></message>"
+    )
+}
+
+fn receipt(n: u32) -> String {
+    format!(
+        "<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'><received xmlns='urn:xmpp:receipts' id='R-{n}'/></message>"
+    )
+}
+
+/// Reads stanzas for `wait`; returns them.
+async fn stanzas_for(raw: &mut Raw, wait: Duration) -> Vec<Element> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, raw.element()).await {
+        if !e.has_ns(SM) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_answer_reaches_the_sender_once_when_the_processor_dies_before_its_ack() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    let mut first = processor(&server).await;
+    first.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    first.element().await.expect("enabled");
+    alice.send(&report_with_receipt(1)).await;
+    assert_eq!(next_stanza(&mut first).await.attr("id"), Some("R-1"));
+    // Committed and answered, then killed before its ack: the report is
+    // redelivered, so this receipt must not go out (the next one will).
+    first.send(&receipt(1)).await;
+    first.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    loop {
+        let a = first.element().await.expect("ack");
+        if a.is("a", SM) {
+            assert_eq!(a.attr("h"), Some("1"), "the answer counts as handled");
+            break;
+        }
+    }
+    drop(first);
+    wait_connected(&server, false).await;
+    assert!(
+        stanzas_for(&mut alice, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "no receipt for a report that comes back"
+    );
+    // A plain processor this time: its receipt is its ack.
+    let mut second = processor(&server).await;
+    assert_eq!(next_stanza(&mut second).await.attr("id"), Some("R-1"));
+    second.send(&receipt(1)).await;
+    let got = stanzas_for(&mut alice, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 1, "exactly one receipt");
+    assert_eq!(
+        got[0]
+            .get_child("received", "urn:xmpp:receipts")
+            .and_then(|r| r.attr("id")),
+        Some("R-1")
+    );
+    depth_becomes(&server, 0).await;
+}
+
+#[tokio::test]
+async fn a_report_sent_again_while_queued_is_processed_and_answered_once() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    // The same report twice, as a collector that lost its link before the
+    // ack does; then once more from another resource of the same account.
+    alice.send(&report_with_receipt(5)).await;
+    alice.send(&report_with_receipt(5)).await;
+    let mut other = Raw::authenticate_at(&server, &server.c2s(), "alice", "a").await;
+    other.bind("tablet").await;
+    other.send(&report_with_receipt(5)).await;
+    alice.send(&report_with_receipt(6)).await;
+    depth_becomes(&server, 2).await;
+    let mut collect = processor(&server).await;
+    let got = stanzas_for(&mut collect, Duration::from_millis(500)).await;
+    let ids: Vec<_> = got.iter().filter_map(|e| e.attr("id")).collect();
+    assert_eq!(ids, ["R-5", "R-6"]);
+    collect.send(&receipt(5)).await;
+    let answers = stanzas_for(&mut alice, Duration::from_millis(500)).await;
+    assert_eq!(answers.len(), 1, "one receipt");
+    depth_becomes(&server, 1).await;
+    // Just answered, a copy is merged too: its answer is on its way.
+    alice.send(&report_with_receipt(5)).await;
+    alice.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+    assert!(stanzas_for(&mut collect, Duration::from_millis(300))
+        .await
+        .is_empty());
+    assert_eq!(queue_depth(&server).await, 1);
+}

@@ -291,17 +291,79 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
         i64::from(N),
         "each exactly once"
     );
-    let listed = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["queue", "list", "--config", &config])
-        .output()
-        .expect("queue list");
-    let out = String::from_utf8_lossy(&listed.stdout);
+    // The node deletes an item once the processor's ack for it arrives,
+    // just after the processor's commit.
+    let mut out = String::new();
+    for _ in 0..100 {
+        let listed = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["queue", "list", "--config", &config])
+            .output()
+            .expect("queue list");
+        out = String::from_utf8_lossy(&listed.stdout).into_owned();
+        if out.contains("collect.localhost\tdepth 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         out.contains("collect.localhost\tdepth 0"),
         "queue drained: {out}"
     );
     drop(processor);
     drop(node);
+}
+
+/// Accounts `c0`..`c{n-1}` (password `pw`), created in the node's store
+/// before the node starts.
+async fn create_collectors(dir: &Path, n: u32) {
+    let store = tributary_store::SqliteStore::open(&dir.join("data/tributary.sqlite"))
+        .await
+        .expect("store");
+    for n in 0..n {
+        let creds = tributary_proto::scram::Credentials::new("pw").expect("creds");
+        tributary_store::Store::create_account(&store, &format!("c{n}"), &creds)
+            .await
+            .expect("account");
+    }
+}
+
+type CollectorTask =
+    tokio::task::JoinHandle<Result<tributary_collector::Summary, tributary_collector::Error>>;
+
+/// Collector `c{n}` sends `each` reports through `c2s`, with its outbox
+/// in `dir`, and waits until they are processed.
+fn spawn_collector(dir: &Path, c2s: &str, n: u32, each: u32) -> CollectorTask {
+    let mut cc = tributary_collector::CollectorConfig::new(format!("c{n}@localhost"), "pw");
+    cc.server = c2s.to_owned();
+    cc.outbox = dir.join(format!("outbox-{n}.sqlite"));
+    cc.tls_ca = Some(dir.join("data/tls/cert.pem"));
+    cc.retry_for = Duration::from_secs(120);
+    cc.wait_timeout = Duration::from_secs(60);
+    let reports: Vec<serde_json::Value> = (0..each)
+        .map(|i| serde_json::json!({"c": n, "i": i}))
+        .collect();
+    tokio::spawn(async move { tributary_collector::run(&cc, reports).await })
+}
+
+/// Every collector got every report processed, each receipt once.
+async fn all_processed_once(collectors: Vec<CollectorTask>, each: u32) {
+    for (n, c) in collectors.into_iter().enumerate() {
+        let summary = tokio::time::timeout(Duration::from_secs(240), c)
+            .await
+            .expect("collector finished in time")
+            .expect("collector task")
+            .unwrap_or_else(|e| panic!("collector {n}: {e}"));
+        assert_eq!(
+            summary.processed,
+            u64::from(each),
+            "collector {n}: {summary:?}"
+        );
+        assert_eq!(summary.remaining, 0, "collector {n}: {summary:?}");
+        assert_eq!(
+            summary.duplicate_receipts, 0,
+            "collector {n} got a receipt twice: {summary:?}"
+        );
+    }
 }
 
 /// The scenario: 10 collectors send 20,000 reports while the
@@ -313,40 +375,17 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     let dir = tempfile::tempdir().expect("dir");
     let (config, c2s, comp) = write_config(dir.path());
     let config = config.to_string_lossy().into_owned();
-    {
-        let store = tributary_store::SqliteStore::open(&dir.path().join("data/tributary.sqlite"))
-            .await
-            .expect("store");
-        for n in 0..COLLECTORS {
-            let creds = tributary_proto::scram::Credentials::new("pw").expect("creds");
-            tributary_store::Store::create_account(&store, &format!("c{n}"), &creds)
-                .await
-                .expect("account");
-        }
-    }
+    create_collectors(dir.path(), COLLECTORS).await;
     let mut node = Proc::spawn(&["serve", "--config", &config]);
     wait_listening(&c2s).await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
     let processor_args = processor_args(&comp, &db_url);
     let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
     let mut processor = Proc::spawn(&processor_args);
-    let cert = dir.path().join("data/tls/cert.pem");
 
-    let mut collectors = Vec::new();
-    for n in 0..COLLECTORS {
-        let mut cc = tributary_collector::CollectorConfig::new(format!("c{n}@localhost"), "pw");
-        cc.server = c2s.clone();
-        cc.outbox = dir.path().join(format!("outbox-{n}.sqlite"));
-        cc.tls_ca = Some(cert.clone());
-        cc.retry_for = Duration::from_secs(120);
-        cc.wait_timeout = Duration::from_secs(60);
-        let reports: Vec<serde_json::Value> = (0..EACH)
-            .map(|i| serde_json::json!({"c": n, "i": i}))
-            .collect();
-        collectors.push(tokio::spawn(async move {
-            tributary_collector::run(&cc, reports).await
-        }));
-    }
+    let collectors = (0..COLLECTORS)
+        .map(|n| spawn_collector(dir.path(), &c2s, n, EACH))
+        .collect();
     // Kill the processor three times while reports flow, then the node.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -358,19 +397,7 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     node = Proc::spawn(&["serve", "--config", &config]);
     wait_listening(&c2s).await;
 
-    for (n, c) in collectors.into_iter().enumerate() {
-        let summary = tokio::time::timeout(Duration::from_secs(240), c)
-            .await
-            .expect("collector finished in time")
-            .expect("collector task")
-            .unwrap_or_else(|e| panic!("collector {n}: {e}"));
-        assert_eq!(
-            summary.processed,
-            u64::from(EACH),
-            "collector {n}: {summary:?}"
-        );
-        assert_eq!(summary.remaining, 0, "collector {n}: {summary:?}");
-    }
+    all_processed_once(collectors, EACH).await;
     let db = SqlProcessor::connect(&db_url).await.expect("db");
     assert_eq!(
         db.report_count().await.expect("count"),
@@ -378,4 +405,143 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     );
     drop(processor);
     drop(node);
+}
+
+/// Depth of the node's queue for collect.localhost, read by the CLI.
+fn cli_queue_depth(config: &str) -> u64 {
+    let listed = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["queue", "list", "--config", config])
+        .output()
+        .expect("queue list");
+    let out = String::from_utf8_lossy(&listed.stdout);
+    out.lines()
+        .find_map(|l| l.strip_prefix("collect.localhost\tdepth "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `tributary report` (the binary) sends while no processor exists for
+/// 30 s: everything is accepted and waits in the node's queue, then a
+/// processor connects and the same run ends with every report processed.
+#[tokio::test]
+async fn reports_sent_while_no_processor_exists_for_thirty_seconds_are_all_delivered() {
+    const N: u32 = 1000;
+    let dir = tempfile::tempdir().expect("dir");
+    let (config, c2s, comp) = write_config(dir.path());
+    let config = config.to_string_lossy().into_owned();
+    create_collectors(dir.path(), 1).await;
+    let _node = Proc::spawn(&["serve", "--config", &config]);
+    wait_listening(&c2s).await;
+    let input = dir.path().join("reports.jsonl");
+    let lines: Vec<String> = (0..N).map(|i| format!("{{\"i\":{i}}}")).collect();
+    std::fs::write(&input, lines.join("\n")).expect("input");
+    let started = std::time::Instant::now();
+    let outbox = dir.path().join("outbox.sqlite");
+    let cert = dir.path().join("data/tls/cert.pem");
+    let report = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "report",
+            "--jid",
+            "c0@localhost",
+            "--password",
+            "pw",
+            "--server",
+            &c2s,
+        ])
+        .arg("--ca")
+        .arg(&cert)
+        .arg("--file")
+        .arg(&input)
+        .arg("--outbox")
+        .arg(&outbox)
+        .args(["--wait-timeout", "120", "--kind", "meter.reading"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tributary report");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while cli_queue_depth(&config) < u64::from(N) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("every report accepted and queued");
+    if let Some(rest) = Duration::from_secs(30).checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    assert_eq!(
+        cli_queue_depth(&config),
+        u64::from(N),
+        "nothing lost meanwhile"
+    );
+
+    let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
+    let processor_args = processor_args(&comp, &db_url);
+    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
+    let _processor = Proc::spawn(&processor_args);
+    let out = tokio::task::spawn_blocking(move || report.wait_with_output())
+        .await
+        .expect("join")
+        .expect("report output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tributary report failed: {stdout}");
+    assert!(
+        stdout.contains(&format!("processed {N}")) && !stdout.contains("duplicate"),
+        "{stdout}"
+    );
+    let db = SqlProcessor::connect(&db_url).await.expect("db");
+    assert_eq!(db.report_count().await.expect("count"), i64::from(N));
+}
+
+/// Two processor processes serve one domain; one is SIGKILLed mid-stream
+/// and the other takes over what it had not acknowledged.
+#[tokio::test]
+async fn two_processors_share_the_load_and_killing_one_loses_nothing() {
+    const COLLECTORS: u32 = 4;
+    const EACH: u32 = 1500;
+    let dir = tempfile::tempdir().expect("dir");
+    let (config, c2s, comp) = write_config(dir.path());
+    let config = config.to_string_lossy().into_owned();
+    create_collectors(dir.path(), COLLECTORS).await;
+    let _node = Proc::spawn(&["serve", "--config", &config]);
+    wait_listening(&c2s).await;
+    let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
+    let (api1, api2) = (free_addr(), free_addr());
+    let spawn_processor = |api: &str| {
+        let mut args = processor_args(&comp, &db_url);
+        args.extend(["--http".to_owned(), api.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(&args)
+    };
+    let first = spawn_processor(&api1);
+    let _second = spawn_processor(&api2);
+    wait_listening(&api1).await;
+    wait_listening(&api2).await;
+
+    let collectors = (0..COLLECTORS)
+        .map(|n| spawn_collector(dir.path(), &c2s, n, EACH))
+        .collect();
+    // Both take a share before the first one dies.
+    let processed = |v: serde_json::Value| v["processed"].as_u64().unwrap_or(0);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while processed(http_get(&api1, "/api/stats").await) < 500
+            || processed(http_get(&api2, "/api/stats").await) < 500
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both processors take reports");
+    first.kill();
+
+    all_processed_once(collectors, EACH).await;
+    let db = SqlProcessor::connect(&db_url).await.expect("db");
+    let total = COLLECTORS * EACH;
+    assert_eq!(db.report_count().await.expect("count"), i64::from(total));
+    let by_second = processed(http_get(&api2, "/api/stats").await);
+    assert!(
+        by_second < u64::from(total),
+        "the first processor's commits count: {by_second}"
+    );
 }

@@ -24,10 +24,12 @@ pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), Sta
     let sender = stanza::from(el).unwrap_or_default();
     match node
         .queues
-        .enqueue(domain, sender, stanza::id(el), el)
+        .enqueue(domain, sender, stanza::id(el), dedup_key(el), el)
         .await
     {
-        Ok(Enqueued::Accepted(_)) => Ok(()),
+        Ok(Enqueued::Accepted(_) | Enqueued::AlreadyQueued(_) | Enqueued::AlreadyAnswered) => {
+            Ok(())
+        }
         Ok(Enqueued::OverQuota) => {
             tracing::warn!(%domain, "queue quota reached; refusing a stanza");
             Err(StanzaErrorCondition::ResourceConstraint)
@@ -37,6 +39,28 @@ pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), Sta
             Err(StanzaErrorCondition::InternalServerError)
         }
     }
+}
+
+/// Messages and iq requests are the same item when a sender sends them
+/// again (same bare JID, same id) while the first copy is queued: a
+/// collector that lost its link before the acknowledgement resends, and the
+/// processor and the answer still happen once. Presence is never merged.
+fn dedup_key(el: &Element) -> Option<String> {
+    let requests = match el.name() {
+        "message" => stanza::stanza_type(el) != Some("error"),
+        "iq" => matches!(stanza::stanza_type(el), Some("get" | "set")),
+        _ => false,
+    };
+    if !requests {
+        return None;
+    }
+    answer_key(stanza::from(el)?, stanza::id(el)?)
+}
+
+/// The dedup key of the stanza with id `id` from `sender` (a JID).
+pub fn answer_key(sender: &str, id: &str) -> Option<String> {
+    let from = Jid::new(sender).ok()?;
+    Some(format!("{}\n{id}", from.to_bare()))
 }
 
 /// Queues a local user's presence change for every component that
