@@ -238,9 +238,47 @@ pub async fn main_with(args: ReportArgs) -> Result<Summary> {
     } else {
         Vec::new()
     };
-    let summary = crate::run(&config, reports).await?;
+    let (watch, mut changes) = tokio::sync::watch::channel(Summary::default());
+    let bar = progress_bar(config.wait);
+    let shown = bar.clone();
+    let wait = config.wait;
+    let drawing = tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let s = *changes.borrow_and_update();
+            let done = match wait {
+                Wait::Processed => s.processed + s.failed,
+                Wait::Accepted => s.accepted + s.failed,
+            };
+            shown.set_length(done + s.remaining);
+            shown.set_position(done);
+            shown.set_message(format!(
+                "sent {} accepted {} processed {} failed {}",
+                s.sent, s.accepted, s.processed, s.failed
+            ));
+        }
+    });
+    let result = crate::run_watched(&config, reports, watch).await;
+    let _ = drawing.await;
+    bar.finish_and_clear();
+    let summary = result?;
     println!("{summary}");
     Ok(summary)
+}
+
+/// A bar on standard error (drawn only when it is a terminal, so scripts
+/// and logs see just the final counts on standard output).
+fn progress_bar(wait: Wait) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let unit = match wait {
+        Wait::Processed => "processed",
+        Wait::Accepted => "accepted",
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{elapsed}}) {{msg}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// One JSON array of reports, or one JSON value per line (blank lines

@@ -38,7 +38,11 @@ enum End {
     Lost(String),
 }
 
-pub async fn run(config: &CollectorConfig, reports: Vec<Report>) -> Result<Summary, Error> {
+pub async fn run(
+    config: &CollectorConfig,
+    reports: Vec<Report>,
+    watch: Option<tokio::sync::watch::Sender<Summary>>,
+) -> Result<Summary, Error> {
     if config.window == 0 {
         return Err(Error::Config("window must be at least 1".into()));
     }
@@ -67,6 +71,7 @@ pub async fn run(config: &CollectorConfig, reports: Vec<Report>) -> Result<Summa
         }
         let mut engine = Engine {
             config,
+            watch,
             to,
             params,
             outbox: outbox.clone(),
@@ -118,6 +123,8 @@ pub async fn run(config: &CollectorConfig, reports: Vec<Report>) -> Result<Summa
 
 struct Engine<'a> {
     config: &'a CollectorConfig,
+    /// Where progress goes while the run lasts (a progress bar).
+    watch: Option<tokio::sync::watch::Sender<Summary>>,
     /// Where receipts and errors for our reports come from.
     to: tributary_proto::jid::BareJid,
     params: Params,
@@ -152,6 +159,21 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// Current counts for the watcher; `remaining` is what is still to be
+    /// accepted or confirmed.
+    fn publish(&self) {
+        if let Some(w) = &self.watch {
+            let mut s = self.summary();
+            s.remaining =
+                (self.pending.len() + self.unacked_reports() + self.awaiting.len()) as u64;
+            w.send_if_modified(|old| {
+                let changed = *old != s;
+                *old = s;
+                changed
+            });
+        }
+    }
+
     fn summary(&self) -> Summary {
         Summary {
             sent: self.sent.len() as u64,
@@ -358,6 +380,7 @@ impl Engine<'_> {
             if let Err(e) = self.fill(link).await? {
                 return Ok(e);
             }
+            self.publish();
             if self.done() {
                 return Ok(End::Done);
             }

@@ -221,7 +221,22 @@ where
     I::Item: Into<Report>,
 {
     let reports: Vec<Report> = reports.into_iter().map(Into::into).collect();
-    engine::run(config, reports).await
+    engine::run(config, reports, None).await
+}
+
+/// [`run`], publishing the counts to `watch` as they change (`remaining`
+/// then counts what is still to be accepted or confirmed).
+pub async fn run_watched<I>(
+    config: &CollectorConfig,
+    reports: I,
+    watch: tokio::sync::watch::Sender<Summary>,
+) -> Result<Summary, Error>
+where
+    I: IntoIterator,
+    I::Item: Into<Report>,
+{
+    let reports: Vec<Report> = reports.into_iter().map(Into::into).collect();
+    engine::run(config, reports, Some(watch)).await
 }
 
 /// Logs in, sends `<presence><show/><status/></presence>`, waits until the

@@ -830,3 +830,39 @@ async fn the_command_line_entry_point_sends_reports_and_presence() {
     assert_eq!(kinds, vec![Some("meter.reading".to_owned()); 2]);
     assert_eq!(show.as_deref(), Some("dnd"));
 }
+
+#[tokio::test]
+async fn progress_is_published_while_reports_go_through() {
+    let node = Node::start(false).await;
+    let _processor = Processor::connect(node.component()).await;
+    let config = node.collector("outbox.sqlite");
+    let (watch, mut changes) = tokio::sync::watch::channel(Summary::default());
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while changes.changed().await.is_ok() {
+            seen.push(*changes.borrow_and_update());
+        }
+        seen
+    });
+    let summary = within(tributary_collector::run_watched(
+        &config,
+        reports(300),
+        watch,
+    ))
+    .await
+    .expect("run");
+    assert_eq!(summary.processed, 300);
+    let seen = seen.await.expect("watcher");
+    assert!(
+        seen.len() >= 2,
+        "progress published more than once: {seen:?}"
+    );
+    // Counts only grow, and what is left shrinks to nothing.
+    for pair in seen.windows(2) {
+        assert!(pair[1].processed >= pair[0].processed, "{pair:?}");
+        assert!(pair[1].accepted >= pair[0].accepted, "{pair:?}");
+    }
+    assert_eq!(seen[0].processed + seen[0].remaining, 300, "{:?}", seen[0]);
+    let last = seen.last().expect("last");
+    assert_eq!((last.processed, last.remaining), (300, 0), "{last:?}");
+}

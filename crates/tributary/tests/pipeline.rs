@@ -5,14 +5,13 @@
 
 mod common;
 
+use common::procs::*;
 use common::raw::Raw;
 use common::*;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_processor::sql::SqlProcessor;
 use tributary_processor::{LinkConfig, LinkStats};
 use tributary_server::config::ComponentConfig;
@@ -46,24 +45,6 @@ async fn receipts(raw: &mut Raw, n: u32, h: &mut u32, limit: Duration) -> HashMa
     .await
     .unwrap_or_else(|_| panic!("only {} of {n} receipts", got.len()));
     got
-}
-
-async fn http_get(addr: &str, path: &str) -> serde_json::Value {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.expect("response");
-    let body = raw.split("\r\n\r\n").nth(1).expect("body");
-    serde_json::from_str(body).expect("JSON body")
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
 }
 
 #[tokio::test]
@@ -147,82 +128,10 @@ async fn reports_are_committed_confirmed_and_visible_in_the_api() {
     assert_eq!(online[0]["status"], "in the field");
 }
 
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("process starts");
-        Proc { child }
-    }
-
-    /// SIGKILL.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path) -> (PathBuf, String, String) {
-    let (c2s, tls, comp) = (free_addr(), free_addr(), free_addr());
-    let path = dir.join("tributary.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = \"{}\"\n[listen]\nc2s = \"{c2s}\"\nc2s_tls = \"{tls}\"\ncomponent = \"{comp}\"\n\
-             [[component]]\ndomain = \"collect.localhost\"\nsecret = \"s\"\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    (path, c2s, comp)
-}
-
-/// `tributary process` serving collect.localhost through `comp` into `db_url`.
-fn processor_args(comp: &str, db_url: &str) -> Vec<String> {
-    [
-        "process",
-        "--server",
-        comp,
-        "--domain",
-        "collect.localhost",
-        "--secret",
-        "s",
-        "--db",
-        db_url,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-async fn wait_listening(addr: &str) {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("listening");
-}
-
 #[tokio::test]
 async fn processor_and_node_killed_mid_stream_lose_nothing() {
     let dir = tempfile::tempdir().expect("dir");
-    let (config, c2s, comp) = write_config(dir.path());
-    let config = config.to_string_lossy().into_owned();
+    let mut node = Node::configure(dir.path(), false);
     let add = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args([
             "user",
@@ -231,21 +140,19 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
             "--password",
             "a",
             "--config",
-            &config,
+            &node.config,
         ])
         .output()
         .expect("user add");
     assert!(add.status.success());
-    let mut node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    node.start().await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
-    let processor_args = processor_args(&comp, &db_url);
-    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
+    let processor_args = processor_args(&node.comp, &db_url, None);
     let mut processor = Proc::spawn(&processor_args);
     let tls = tls_config(&dir.path().join("data/tls/cert.pem"));
 
     const N: u32 = 600;
-    let mut alice = Raw::authenticate_with(&tls, &c2s, "alice", "a").await;
+    let mut alice = Raw::authenticate_with(&tls, &node.c2s, "alice", "a").await;
     alice.bind("phone").await;
     alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
     assert!(alice.element().await.expect("enabled").is("enabled", SM));
@@ -274,8 +181,7 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
     // The node itself goes down hard, then comes back.
     node.kill();
     drop(alice);
-    node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    node.start().await;
 
     let db = SqlProcessor::connect(&db_url).await.expect("db");
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -296,7 +202,7 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
     let mut out = String::new();
     for _ in 0..100 {
         let listed = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["queue", "list", "--config", &config])
+            .args(["queue", "list", "--config", &node.config])
             .output()
             .expect("queue list");
         out = String::from_utf8_lossy(&listed.stdout).into_owned();
@@ -313,59 +219,6 @@ async fn processor_and_node_killed_mid_stream_lose_nothing() {
     drop(node);
 }
 
-/// Accounts `c0`..`c{n-1}` (password `pw`), created in the node's store
-/// before the node starts.
-async fn create_collectors(dir: &Path, n: u32) {
-    let store = tributary_store::SqliteStore::open(&dir.join("data/tributary.sqlite"))
-        .await
-        .expect("store");
-    for n in 0..n {
-        let creds = tributary_proto::scram::Credentials::new("pw").expect("creds");
-        tributary_store::Store::create_account(&store, &format!("c{n}"), &creds)
-            .await
-            .expect("account");
-    }
-}
-
-type CollectorTask =
-    tokio::task::JoinHandle<Result<tributary_collector::Summary, tributary_collector::Error>>;
-
-/// Collector `c{n}` sends `each` reports through `c2s`, with its outbox
-/// in `dir`, and waits until they are processed.
-fn spawn_collector(dir: &Path, c2s: &str, n: u32, each: u32) -> CollectorTask {
-    let mut cc = tributary_collector::CollectorConfig::new(format!("c{n}@localhost"), "pw");
-    cc.server = c2s.to_owned();
-    cc.outbox = dir.join(format!("outbox-{n}.sqlite"));
-    cc.tls_ca = Some(dir.join("data/tls/cert.pem"));
-    cc.retry_for = Duration::from_secs(120);
-    cc.wait_timeout = Duration::from_secs(60);
-    let reports: Vec<serde_json::Value> = (0..each)
-        .map(|i| serde_json::json!({"c": n, "i": i}))
-        .collect();
-    tokio::spawn(async move { tributary_collector::run(&cc, reports).await })
-}
-
-/// Every collector got every report processed, each receipt once.
-async fn all_processed_once(collectors: Vec<CollectorTask>, each: u32) {
-    for (n, c) in collectors.into_iter().enumerate() {
-        let summary = tokio::time::timeout(Duration::from_secs(240), c)
-            .await
-            .expect("collector finished in time")
-            .expect("collector task")
-            .unwrap_or_else(|e| panic!("collector {n}: {e}"));
-        assert_eq!(
-            summary.processed,
-            u64::from(each),
-            "collector {n}: {summary:?}"
-        );
-        assert_eq!(summary.remaining, 0, "collector {n}: {summary:?}");
-        assert_eq!(
-            summary.duplicate_receipts, 0,
-            "collector {n} got a receipt twice: {summary:?}"
-        );
-    }
-}
-
 /// The issue's scenario: 10 collectors send 20,000 reports while the
 /// processor is SIGKILLed and restarted three times and the node once.
 #[tokio::test]
@@ -373,18 +226,13 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     const COLLECTORS: u32 = 10;
     const EACH: u32 = 2000;
     let dir = tempfile::tempdir().expect("dir");
-    let (config, c2s, comp) = write_config(dir.path());
-    let config = config.to_string_lossy().into_owned();
-    create_collectors(dir.path(), COLLECTORS).await;
-    let mut node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    let mut node = Node::start_with_collectors(dir.path(), false, COLLECTORS).await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
-    let processor_args = processor_args(&comp, &db_url);
-    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
+    let processor_args = processor_args(&node.comp, &db_url, None);
     let mut processor = Proc::spawn(&processor_args);
 
     let collectors = (0..COLLECTORS)
-        .map(|n| spawn_collector(dir.path(), &c2s, n, EACH))
+        .map(|n| spawn_collector(collector_config(dir.path(), &node.c2s, n), n, EACH))
         .collect();
     // Kill the processor three times while reports flow, then the node.
     for _ in 0..3 {
@@ -394,8 +242,7 @@ async fn ten_collectors_twenty_thousand_reports_through_kills() {
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     node.kill();
-    node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    node.start().await;
 
     all_processed_once(collectors, EACH).await;
     let db = SqlProcessor::connect(&db_url).await.expect("db");
@@ -428,11 +275,7 @@ fn cli_queue_depth(config: &str) -> u64 {
 async fn reports_sent_while_no_processor_exists_for_thirty_seconds_are_all_delivered() {
     const N: u32 = 1000;
     let dir = tempfile::tempdir().expect("dir");
-    let (config, c2s, comp) = write_config(dir.path());
-    let config = config.to_string_lossy().into_owned();
-    create_collectors(dir.path(), 1).await;
-    let _node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    let node = Node::start_with_collectors(dir.path(), false, 1).await;
     let input = dir.path().join("reports.jsonl");
     let lines: Vec<String> = (0..N).map(|i| format!("{{\"i\":{i}}}")).collect();
     std::fs::write(&input, lines.join("\n")).expect("input");
@@ -447,7 +290,7 @@ async fn reports_sent_while_no_processor_exists_for_thirty_seconds_are_all_deliv
             "--password",
             "pw",
             "--server",
-            &c2s,
+            &node.c2s,
         ])
         .arg("--ca")
         .arg(&cert)
@@ -461,7 +304,7 @@ async fn reports_sent_while_no_processor_exists_for_thirty_seconds_are_all_deliv
         .spawn()
         .expect("tributary report");
     tokio::time::timeout(Duration::from_secs(60), async {
-        while cli_queue_depth(&config) < u64::from(N) {
+        while cli_queue_depth(&node.config) < u64::from(N) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
@@ -471,14 +314,13 @@ async fn reports_sent_while_no_processor_exists_for_thirty_seconds_are_all_deliv
         tokio::time::sleep(rest).await;
     }
     assert_eq!(
-        cli_queue_depth(&config),
+        cli_queue_depth(&node.config),
         u64::from(N),
         "nothing lost meanwhile"
     );
 
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
-    let processor_args = processor_args(&comp, &db_url);
-    let processor_args: Vec<&str> = processor_args.iter().map(String::as_str).collect();
+    let processor_args = processor_args(&node.comp, &db_url, None);
     let _processor = Proc::spawn(&processor_args);
     let out = tokio::task::spawn_blocking(move || report.wait_with_output())
         .await
@@ -501,26 +343,17 @@ async fn two_processors_share_the_load_and_killing_one_loses_nothing() {
     const COLLECTORS: u32 = 4;
     const EACH: u32 = 1500;
     let dir = tempfile::tempdir().expect("dir");
-    let (config, c2s, comp) = write_config(dir.path());
-    let config = config.to_string_lossy().into_owned();
-    create_collectors(dir.path(), COLLECTORS).await;
-    let _node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    let node = Node::start_with_collectors(dir.path(), false, COLLECTORS).await;
     let db_url = format!("sqlite://{}", dir.path().join("reports.db").display());
     let (api1, api2) = (free_addr(), free_addr());
-    let spawn_processor = |api: &str| {
-        let mut args = processor_args(&comp, &db_url);
-        args.extend(["--http".to_owned(), api.to_owned()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Proc::spawn(&args)
-    };
+    let spawn_processor = |api: &str| Proc::spawn(&processor_args(&node.comp, &db_url, Some(api)));
     let first = spawn_processor(&api1);
     let _second = spawn_processor(&api2);
     wait_listening(&api1).await;
     wait_listening(&api2).await;
 
     let collectors = (0..COLLECTORS)
-        .map(|n| spawn_collector(dir.path(), &c2s, n, EACH))
+        .map(|n| spawn_collector(collector_config(dir.path(), &node.c2s, n), n, EACH))
         .collect();
     // Both take a share before the first one dies.
     let processed = |v: serde_json::Value| v["processed"].as_u64().unwrap_or(0);

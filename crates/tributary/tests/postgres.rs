@@ -7,11 +7,13 @@
 //! the directory in `TRIBUTARY_PG_BIN`); `scripts/test.sh` installs them on
 //! Debian. Without them the test fails: it never skips.
 
+mod common;
+
+use common::procs::*;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_processor::sql::SqlProcessor;
 
 /// A PostgreSQL server of its own: a cluster in a temporary directory,
@@ -102,11 +104,6 @@ fn pg_bin() -> PathBuf {
              TRIBUTARY_PG_BIN at the directory holding initdb and postgres."
         ),
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// A command of the PostgreSQL installation, run as the `postgres` user
@@ -261,108 +258,6 @@ impl Drop for Postgres {
     }
 }
 
-/// A `tributary` process, SIGKILLed when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("process starts");
-        Proc { child }
-    }
-
-    /// SIGKILL.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
-/// A node configuration in `dir` whose component collect.localhost
-/// observes presence; returns it with the c2s and component addresses.
-fn write_config(dir: &Path) -> (PathBuf, String, String) {
-    let (c2s, tls, comp) = (free_addr(), free_addr(), free_addr());
-    let path = dir.join("tributary.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = \"{}\"\n[listen]\nc2s = \"{c2s}\"\nc2s_tls = \"{tls}\"\ncomponent = \"{comp}\"\n\
-             [[component]]\ndomain = \"collect.localhost\"\nsecret = \"s\"\nobserve_presence = true\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    (path, c2s, comp)
-}
-
-/// `tributary process` serving collect.localhost through `comp` into
-/// `db_url`, with its HTTP API on `http` if given.
-fn processor_args(comp: &str, db_url: &str, http: Option<&str>) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "process",
-        "--server",
-        comp,
-        "--domain",
-        "collect.localhost",
-        "--secret",
-        "s",
-        "--db",
-        db_url,
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Some(http) = http {
-        args.extend(["--http".to_owned(), http.to_owned()]);
-    }
-    args
-}
-
-fn spawn_processor(args: &[String]) -> Proc {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::spawn(&args)
-}
-
-async fn wait_listening(addr: &str) {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("listening");
-}
-
-async fn http_get(addr: &str, path: &str) -> serde_json::Value {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("body");
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {raw}");
-    serde_json::from_str(body).expect("JSON body")
-}
-
 /// Waits until the processor committed at least `n` reports.
 async fn wait_count(db: &SqlProcessor, n: i64, total: i64) -> i64 {
     tokio::time::timeout(Duration::from_secs(120), async {
@@ -397,23 +292,8 @@ async fn four_collectors_into_postgres_through_kills() {
     let db_url = pg.url();
 
     let dir = tempfile::tempdir().expect("dir");
-    let (config, c2s, comp) = write_config(dir.path());
-    let config = config.to_string_lossy().into_owned();
-    {
-        let store = tributary_store::SqliteStore::open(&dir.path().join("data/tributary.sqlite"))
-            .await
-            .expect("store");
-        for n in 0..COLLECTORS {
-            let creds = tributary_proto::scram::Credentials::new("pw").expect("creds");
-            tributary_store::Store::create_account(&store, &format!("c{n}"), &creds)
-                .await
-                .expect("account");
-        }
-    }
-    let mut node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
-    let args = processor_args(&comp, &db_url, None);
-    let mut processor = spawn_processor(&args);
+    let mut node = Node::start_with_collectors(dir.path(), true, COLLECTORS).await;
+    let mut processor = Proc::spawn(&processor_args(&node.comp, &db_url, None));
 
     // The processor process creates the schema on PostgreSQL by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -430,15 +310,9 @@ async fn four_collectors_into_postgres_through_kills() {
     }
     let db = SqlProcessor::connect(&db_url).await.expect("db");
 
-    let cert = dir.path().join("data/tls/cert.pem");
     let collector_config = |n: u32| {
-        let mut cc = tributary_collector::CollectorConfig::new(format!("c{n}@localhost"), "pw");
-        cc.server = c2s.clone();
+        let mut cc = collector_config(dir.path(), &node.c2s, n);
         cc.kind = "meter.reading".into();
-        cc.outbox = dir.path().join(format!("outbox-{n}.sqlite"));
-        cc.tls_ca = Some(cert.clone());
-        cc.retry_for = Duration::from_secs(120);
-        cc.wait_timeout = Duration::from_secs(60);
         cc
     };
     // A presence, for the processor's presence table.
@@ -446,16 +320,9 @@ async fn four_collectors_into_postgres_through_kills() {
         .await
         .expect("presence");
 
-    let mut collectors = Vec::new();
-    for n in 0..COLLECTORS {
-        let cc = collector_config(n);
-        let reports: Vec<serde_json::Value> = (0..EACH)
-            .map(|i| serde_json::json!({"c": n, "i": i}))
-            .collect();
-        collectors.push(tokio::spawn(async move {
-            tributary_collector::run(&cc, reports).await
-        }));
-    }
+    let collectors: Vec<CollectorTask> = (0..COLLECTORS)
+        .map(|n| spawn_collector(collector_config(n), n, EACH))
+        .collect();
     let flowing = Instant::now();
     // While reports flow: the processor dies twice, then the node once.
     // The last processor also serves the HTTP API.
@@ -466,36 +333,19 @@ async fn four_collectors_into_postgres_through_kills() {
         processor.kill();
         at_kill.push(("processor", count));
         let http = (i == 1).then_some(api.as_str());
-        processor = spawn_processor(&processor_args(&comp, &db_url, http));
+        processor = Proc::spawn(&processor_args(&node.comp, &db_url, http));
     }
     let count = wait_count(&db, TOTAL * 3 / 5, TOTAL).await;
     node.kill();
     at_kill.push(("node", count));
-    node = Proc::spawn(&["serve", "--config", &config]);
-    wait_listening(&c2s).await;
+    node.start().await;
     eprintln!("SIGKILLed at these report counts: {at_kill:?}");
     assert!(
         at_kill.iter().all(|&(_, c)| c < TOTAL),
         "every kill must come while reports still flow: {at_kill:?}"
     );
 
-    for (n, c) in collectors.into_iter().enumerate() {
-        let summary = tokio::time::timeout(Duration::from_secs(240), c)
-            .await
-            .expect("collector finished in time")
-            .expect("collector task")
-            .unwrap_or_else(|e| panic!("collector {n}: {e}"));
-        assert_eq!(
-            summary.processed,
-            u64::from(EACH),
-            "collector {n}: {summary:?}"
-        );
-        assert_eq!(summary.remaining, 0, "collector {n}: {summary:?}");
-        assert_eq!(
-            summary.duplicate_receipts, 0,
-            "collector {n} got a receipt twice: {summary:?}"
-        );
-    }
+    all_processed_once(collectors, EACH).await;
     eprintln!(
         "{TOTAL} reports processed {:?} after the collectors started",
         flowing.elapsed()

@@ -3,6 +3,7 @@
 //! certificate.
 #![allow(dead_code)]
 
+pub mod procs;
 pub mod proxy;
 pub mod raw;
 
