@@ -61,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Load generator for any XMPP server (chat, report, login, idle):
+    /// open-loop schedule, latency percentiles, server CPU and memory.
+    Bench(tributary_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -224,6 +227,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Queue {
             command: QueueCommand::List,
         } => queue_list(load_config(cli.config.as_deref())?).await,
+        Command::Bench(args) => {
+            tributary_bench::main_with(args).await?;
+            Ok(())
+        }
     }
 }
 

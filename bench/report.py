@@ -1,0 +1,518 @@
+#!/usr/bin/env python3
+"""Write bench/RESULTS.md from the files bench/run.sh leaves in a results
+directory (Python 3 standard library only).
+
+    python3 bench/report.py --results bench/results --out bench/RESULTS.md
+
+Inputs, all optional (missing ones are reported as such):
+  run.json                 mode, date, parameters of the run
+  environment.json         machine and versions (written here with --snapshot,
+                           which run.sh passes; otherwise read, or collected live)
+  <server>.jsonl           one JSON object per `tributary bench` run
+  <server>.check.json      what bench/xmpp_check.py saw (TLS, mechanisms, SM)
+  <server>.server.json     pid, CPU affinity, threads, fd limit of the server
+  <server>.commands.txt    the exact commands run
+  tributary.processor.jsonl  CPU of `tributary process` per report step
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+SERVERS = ["tributary", "ejabberd", "prosody"]
+ALL = SERVERS + ["mosquitto"]
+
+
+def sh(*cmd, env=None):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def dpkg_version(pkg):
+    return sh("dpkg-query", "-W", "-f=${Version}", pkg) or "not installed"
+
+
+def collect_environment(repo):
+    env = {}
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    os_name = ""
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    env["machine"] = {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": os_name,
+        "arch": platform.machine(),
+    }
+    git_env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never touch the index
+    rev = sh("git", "-C", repo, "rev-parse", "HEAD", env=git_env)
+    dirty = sh("git", "-C", repo, "status", "--porcelain", "--untracked-files=no", env=git_env)
+    trib = os.path.join(repo, "target", "release", "tributary")
+    env["versions"] = {
+        "tributary": "%s (git %s%s)" % (
+            sh(trib, "--version") or "?", rev[:12] or "?",
+            ", working tree differs from HEAD" if dirty else ""),
+        "ejabberd": "%s (Debian package; Erlang/OTP %s, erts %s)" % (
+            dpkg_version("ejabberd"),
+            sh("erl", "-noshell", "-eval",
+               'io:format("~s", [erlang:system_info(otp_release)]), halt().') or "?",
+            dpkg_version("erlang-base")),
+        "prosody": "%s (Debian package; %s)" % (
+            dpkg_version("prosody"),
+            ", ".join("%s %s" % (p, dpkg_version(p)) for p in ("lua5.4", "lua-sec", "lua-expat"))),
+        "mosquitto": "%s (Debian package)" % dpkg_version("mosquitto"),
+        "openssl": sh("openssl", "version"),
+        "python": platform.python_version(),
+    }
+    env["collected_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    try:
+        env["loadavg_at_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        pass
+    return env
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def read_jsonl(path):
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return rows
+
+
+def fmt(v, nd=1):
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "–"
+        return ("%." + str(nd) + "f") % v
+    return str(v)
+
+
+def rate(v):
+    """An offered/achieved rate: integral values without decimals."""
+    if isinstance(v, (int, float)) and v == v:
+        return "%d" % round(v) if abs(v - round(v)) < 1e-9 or v >= 100 else "%.1f" % v
+    return fmt(v)
+
+
+def num(r, k):
+    v = r.get(k)
+    return v if isinstance(v, (int, float)) else None
+
+
+def sustained(r, limit, min_ach):
+    """p99 within the limit, nothing lost or failed, the offered rate reached
+    (the same rule as run.sh's, which decides when to stop raising the rate)."""
+    p99, off, ach = num(r, "p99_ms"), num(r, "offered_rate"), num(r, "achieved_rate")
+    if p99 is None or p99 > limit or (num(r, "lost") or 0) > 0 or (num(r, "failed") or 0) > 0:
+        return False
+    if off and (ach is None or ach < min_ach * off):
+        return False
+    return True
+
+
+def cpu_per_100k(r):
+    if num(r, "server_cpu_per_100k_s") is not None:
+        return num(r, "server_cpu_per_100k_s")
+    cpu, count = num(r, "server_cpu_s"), num(r, "count")
+    if cpu is None or not count:
+        return None
+    return cpu / count * 100000
+
+
+def rss_per_session(r):
+    if num(r, "rss_per_session_kb") is not None:
+        return num(r, "rss_per_session_kb")
+    a, b, n = num(r, "server_rss_after_kb"), num(r, "server_rss_before_kb"), num(r, "clients")
+    return (a - b) / n if a is not None and b is not None and n else None
+
+
+def rss_mb(r, k):
+    v = num(r, k)
+    return None if v is None else v / 1024
+
+
+def rate_table(rows, limit, min_ach, unit, processor=None):
+    head = ("| offered %s | achieved %s | count | lost / failed / conn. errors | p50 ms | p99 ms | p99.9 ms | max ms | "
+            "server CPU s | CPU s / 100k | generator CPU s | server RSS MB before → after | p99 < %g ms, no loss |"
+            % (unit, unit, limit))
+    if processor is not None:
+        head = head + " accepted p50 / p99 ms | processor CPU s |"
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: num(r, "offered_rate") or 0):
+        cells = [
+            rate(r.get("offered_rate")), rate(num(r, "achieved_rate")), fmt(r.get("count")),
+            "%s / %s / %s" % (fmt(r.get("lost")), fmt(r.get("failed")), fmt(r.get("connection_errors"))),
+            fmt(num(r, "p50_ms"), 2), fmt(num(r, "p99_ms"), 2),
+            fmt(num(r, "p999_ms"), 2), fmt(num(r, "max_ms"), 2), fmt(num(r, "server_cpu_s"), 2),
+            fmt(cpu_per_100k(r), 2), fmt(num(r, "generator_cpu_s"), 2),
+            "%s → %s" % (fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb"))),
+            "yes" if sustained(r, limit, min_ach) else "**no**",
+        ]
+        if processor is not None:
+            cells.append("%s / %s" % (fmt(num(r, "accepted_p50_ms"), 2), fmt(num(r, "accepted_p99_ms"), 2)))
+            p = processor.get(r.get("offered_rate"))
+            cells.append(fmt(p.get("processor_cpu_s") if p else None, 2))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def best(rows, limit, min_ach):
+    ok = [r for r in rows if sustained(r, limit, min_ach)]
+    return max(ok, key=lambda r: num(r, "offered_rate") or 0) if ok else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
+    ap.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ap.add_argument("--snapshot", action="store_true",
+                    help="collect machine and versions now and store them in environment.json")
+    a = ap.parse_args()
+    R = a.results
+
+    run = read_json(os.path.join(R, "run.json"), {}) or {}
+    params = run.get("params", {})
+    env_path = os.path.join(R, "environment.json")
+    env = None if a.snapshot else read_json(env_path)
+    if env is None:
+        env = collect_environment(a.repo)
+        if a.snapshot:
+            with open(env_path, "w") as f:
+                json.dump(env, f, indent=1)
+    limit = float(params.get("p99_limit_ms", 50))
+    login_limit = float(params.get("login_p99_limit_ms", 200))
+    min_ach = float(params.get("min_achieved", 0.95))
+
+    rows = {s: read_jsonl(os.path.join(R, s + ".jsonl")) for s in ALL}
+    checks = {s: read_json(os.path.join(R, s + ".check.json")) for s in ALL}
+    srv = {s: read_json(os.path.join(R, s + ".server.json")) for s in ALL}
+    processor = {p.get("offered_rate"): p for p in read_jsonl(os.path.join(R, "tributary.processor.jsonl"))}
+    by = lambda s, sc: [r for r in rows[s] if r.get("scenario") == sc]
+    present = [s for s in SERVERS if checks.get(s) or rows.get(s)]
+
+    L = []
+    w = L.append
+    w("# Tributary vs ejabberd vs Prosody: benchmark results")
+    w("")
+    w("Written by `bench/report.py` from `%s` — do not edit by hand; re-run `bench/run.sh`." % os.path.relpath(R, os.path.dirname(a.out)))
+    w("")
+    mode = run.get("mode", "?")
+    if mode == "quick":
+        w("> **Quick smoke run** (`bench/run.sh --quick`): few clients and %s s steps. It shows that every "
+          "server and scenario runs end to end; the numbers are **not** measurements." % params.get("duration_s", "?"))
+        w("")
+    elif mode == "check":
+        w("> **Set-up check only** (`bench/run.sh --check`): servers configured, started and logged into; no load was run.")
+        w("")
+    if not run.get("have_bench", False) and mode != "check":
+        w("> `tributary bench` was not available when this ran: only the set-up and login checks below were done.")
+        w("")
+    w("Run: %s UTC, mode `%s`, servers: %s." % (run.get("date_utc", "?"), mode, ", ".join(run.get("servers", [])) or "?"))
+    w("")
+    busy = run.get("cpu_busy_at_start_pct")
+    if isinstance(busy, (int, float)) and busy >= 5:
+        w("> **The machine was not idle**: just before the first server started, the cores were %.0f%% busy with "
+          "other work, which then competed with the servers and the generator; latencies and CPU figures are "
+          "disturbed. Re-run on a quiet machine before drawing conclusions." % busy)
+        w("")
+
+    # ---------------------------------------------------------------- machine
+    m = env.get("machine", {})
+    w("## Machine")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    w("| cores (nproc) | %s |" % m.get("nproc"))
+    w("| CPU | %s |" % m.get("cpu_model"))
+    w("| RAM | %s GiB |" % m.get("ram_gib"))
+    w("| kernel | %s (%s) |" % (m.get("kernel"), m.get("arch")))
+    w("| OS | %s |" % m.get("os"))
+    w("| other CPU activity before the run | %s%% of both cores busy (2 s sample); load average at start %s, at end %s (the latter includes the benchmark) |"
+      % (run.get("cpu_busy_at_start_pct", "?"), run.get("loadavg_at_start", "?"), env.get("loadavg_at_end", "?")))
+    w("| pinning | server under test on core %s, load generator on core %s (`taskset -c`), the same for every server; one server at a time |"
+      % (params.get("server_cpu", "?"), params.get("gen_cpu", "?")))
+    w("")
+    w("## Versions")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for k, v in env.get("versions", {}).items():
+        w("| %s | %s |" % (k, v))
+    w("| load generator | `tributary bench` from the same binary as the Tributary server |")
+    w("")
+
+    # ---------------------------------------------------------------- set-up
+    w("## Set-up as checked before any load")
+    w("")
+    w("Each server was logged into by `bench/xmpp_check.py` (standard-library Python) as the *last* "
+      "registered user: STARTTLS, certificate verified against the shared CA, SASL SCRAM-SHA-1 "
+      "(server signature verified), resource binding, a message to its own full JID.")
+    w("")
+    w("| server | check | TLS | SASL mechanisms after STARTTLS | SCRAM iterations | XEP-0198 offered | process: affinity, threads, fd limit |")
+    w("|---|---|---|---|---|---|---|")
+    for s in SERVERS:
+        c = checks.get(s)
+        p = srv.get(s) or {}
+        proc = "core %s, %s threads, %s fds" % (p.get("cpu_affinity", "?"), p.get("threads", "?"), p.get("max_open_files", "?")) if p else "–"
+        if not c:
+            w("| %s | not run | | | | | |" % s)
+            continue
+        w("| %s | %s | %s %s | %s | %s | %s | %s |" % (
+            s, "ok" if c.get("ok") else "**FAILED**: %s" % c.get("error"),
+            c.get("tls_version", ""), c.get("tls_cipher", ""), ", ".join(c.get("mechanisms", [])),
+            c.get("scram_iterations", ""), "yes" if c.get("sm_offered") else "no", proc))
+    c = checks.get("mosquitto")
+    p = srv.get("mosquitto") or {}
+    w("| mosquitto | %s | TLS (mosquitto_pub/sub `--cafile`) | username/password (password_file) | – | – (MQTT) | %s |" % (
+        "ok: QoS 1 PUBACK and delivery" if c and c.get("ok") else "not run",
+        "core %s, %s threads, %s fds" % (p.get("cpu_affinity", "?"), p.get("threads", "?"), p.get("max_open_files", "?")) if p else "–"))
+    w("")
+
+    # ---------------------------------------------------------------- summary
+    w("## Summary")
+    w("")
+    w("Max sustained rate = the highest offered rate at which p99 stayed under the limit with no message "
+      "lost and the achieved rate at least %d%% of the offered one (steps stop at the first rate that "
+      "fails). “–” = no step passed or the scenario was not run." % round(min_ach * 100))
+    w("")
+    w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"
+      % (limit, login_limit))
+    w("|---|---|---|---|---|---|---|")
+    for s in SERVERS:
+        if s not in present:
+            continue
+        bc = best(by(s, "chat"), limit, min_ach)
+        bl = best(by(s, "login"), login_limit, min_ach)
+        idle = by(s, "idle")
+        per = rss_per_session(idle[-1]) if idle else None
+        br = best(by(s, "report"), limit, min_ach) if s == "tributary" else None
+        w("| %s | %s | %s | %s | %s | %s | %s |" % (
+            s, rate(bc and bc.get("offered_rate")), fmt(bc and num(bc, "p99_ms"), 2) + (" ms" if bc else ""),
+            fmt(bc and cpu_per_100k(bc), 2), rate(bl and bl.get("offered_rate")),
+            (fmt(per, 1) + " kB") if per is not None else "–",
+            rate(br and br.get("offered_rate")) if s == "tributary" else "n/a (Tributary only)"))
+    w("")
+
+    # ---------------------------------------------------------------- scenarios
+    def scenario_section(sc, title, text, lim, unit, servers):
+        w("## %s" % title)
+        w("")
+        w(text)
+        w("")
+        anyrows = False
+        for s in servers:
+            rs = by(s, sc)
+            if not rs:
+                continue
+            anyrows = True
+            b = best(rs, lim, min_ach)
+            w("### %s" % s)
+            w("")
+            w("Max sustained: **%s %s** (p99 < %g ms, no loss)." % (rate(b and b.get("offered_rate")), unit, lim))
+            w("")
+            L.extend(rate_table(rs, lim, min_ach, unit, processor if sc == "report" else None))
+            w("")
+        if not anyrows:
+            w("_Not run%s._" % ("" if run.get("have_bench") else ": `tributary bench` was not available"))
+            w("")
+
+    scenario_section(
+        "chat", "Chat (one-to-one messages between online clients)",
+        "%s clients logged in over STARTTLS with SCRAM-SHA-1%s send `<message type='chat'>` to each other at "
+        "the offered total rate (open loop); latency is send → receipt at the addressee. Steps of %s s after "
+        "%s s warm-up; offered rates %s msg/s." % (
+            params.get("chat_clients", "?"), " and stream management" if params.get("chat_sm") else "",
+            params.get("duration_s", "?"), params.get("warmup_s", "?"), params.get("chat_rates", "?")),
+        limit, "msg/s", SERVERS)
+    scenario_section(
+        "login", "Login storm",
+        "New connections at the offered rate, each doing TCP connect, STARTTLS (TLS 1.3, P-256 certificate), "
+        "SCRAM-SHA-1 (4096 iterations on every server, computed by the generator), resource binding; latency is "
+        "connect → bound. %s accounts; offered rates %s logins/s; sustained = p99 < %g ms." % (
+            params.get("login_clients", "?"), params.get("login_rates", "?"), login_limit),
+        login_limit, "logins/s", SERVERS)
+
+    w("## Idle sessions")
+    w("")
+    w("%s sessions (each logged in with initial presence) held %s s; RSS of the server process before the "
+      "first login and with all sessions open, and the difference per session. Sessions are opened at half the "
+      "server's max sustained login rate from the login storm (capped at %s/s, at least %s/s), so that the "
+      "figure measures sessions rather than a login backlog; the rate used is in the table." % (
+          params.get("idle_clients", "?"), params.get("idle_duration_s", "?"),
+          params.get("idle_connect_rate", "?"), params.get("idle_min_rate", "?")))
+    w("")
+    idle_rows = [(s, r) for s in SERVERS for r in by(s, "idle")]
+    if idle_rows:
+        w("| server | sessions asked | opened at /s | sessions held | lost / failed / conn. errors | login p50 / p99 ms | RSS before MB | RSS after MB | RSS per session kB | server CPU s during the hold |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for s, r in idle_rows:
+            w("| %s | %s | %s | %s | %s / %s / %s | %s / %s | %s | %s | %s | %s |" % (
+                s, fmt(r.get("clients")), rate(r.get("offered_rate")), fmt(r.get("count")),
+                fmt(r.get("lost")), fmt(r.get("failed")), fmt(r.get("connection_errors")),
+                fmt(num(r, "p50_ms"), 2), fmt(num(r, "p99_ms"), 2),
+                fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb")),
+                fmt(rss_per_session(r), 1), fmt(num(r, "server_cpu_s"), 2)))
+    else:
+        w("_Not run%s._" % ("" if run.get("have_bench") else ": `tributary bench` was not available"))
+    w("")
+
+    scenario_section(
+        "report", "Reports to a processor (Tributary only)",
+        "%s collectors send reports to `collect.localhost`; Tributary commits each to its durable component "
+        "queue, `tributary process` (pinned to the server's core too) stores it in SQLite and confirms; latency "
+        "is send → confirmation. The processor's CPU seconds (warm-up included) are in the last column. "
+        "ejabberd and Prosody have no equivalent, so there is nothing to compare against." % params.get("report_clients", "?"),
+        limit, "reports/s", ["tributary"])
+
+    w("## MQTT (Mosquitto)")
+    w("")
+    if rows.get("mosquitto"):
+        L.extend(rate_table(rows["mosquitto"], limit, min_ach, "msg/s"))
+        w("")
+    else:
+        w("**Pending**: `tributary bench` has no `mqtt` scenario yet. The broker is installed, configured "
+          "(loopback, plain port %s and TLS port %s with the shared certificate, the same benchN/bench "
+          "accounts) and checked with a QoS 1 publish/subscribe over TLS on every run; `bench/run.sh` runs the "
+          "steps automatically once the generator lists an `mqtt` scenario." % (
+              params.get("ports", {}).get("mosquitto_mqtt", "?"), params.get("ports", {}).get("mosquitto_mqtts", "?")))
+        w("")
+    w("Durability differs from Tributary's and must be read next to any MQTT number: Mosquitto's persistence "
+      "is a **periodic snapshot** of its in-memory state (`autosave_interval`, 1800 s as configured here and by "
+      "default; also written at clean exit), and it sends the QoS 1 **PUBACK before anything is written to disk**. "
+      "A crash loses every message acknowledged since the last snapshot. Tributary acknowledges a report only "
+      "after it is committed to its SQLite queue.")
+    w("")
+
+    # ---------------------------------------------------------------- charts
+    w("## Charts")
+    w("")
+    w("_Placeholder: PNG charts (latency percentiles against offered rate per scenario, CPU per 100k stanzas, "
+      "RSS per idle session) will be generated from `%s/*.jsonl` by a separate tool._" % os.path.relpath(R, os.path.dirname(a.out)))
+    w("")
+
+    # ---------------------------------------------------------------- notes
+    w("## What differs between the servers (and what was changed)")
+    w("")
+    notes = [
+        "**TLS**: one self-signed P-256 certificate for `localhost` (SAN localhost, *.localhost, 127.0.0.1), generated "
+        "once per run with openssl and given to every server; STARTTLS required everywhere; TLS 1.3 negotiated "
+        "(see the set-up table). Direct TLS (XEP-0368) listeners are off.",
+        "**SASL**: every load client uses SCRAM-SHA-1. Accounts store SCRAM keys on every server, all with 4096 "
+        "iterations: Prosody's default (10000) was lowered with `default_iteration_count = 4096`; ejabberd set to "
+        "`auth_password_format: scram` + `auth_scram_hash: sha` (Debian default is scram too); Tributary stores "
+        "SHA-1 and SHA-256 keys (4096).",
+        "**Rate shaping removed** so no client is throttled: ejabberd `shaper: none` on the c2s listener and "
+        "`c2s_shaper: none` (Debian's default config shapes c2s to 3000 B/s); Prosody without `mod_limits` "
+        "(Debian's default config enables it at 10 kb/s for c2s); Tributary keeps its default per-connection read "
+        "shaping of 1 MiB/s (4 MiB burst), far above any scenario's per-client rate.",
+        "**ejabberd queues and backlog**: `max_fsm_queue: 100000` (default 10000) so bursts do not kill sessions; "
+        "listener `backlog: 1024` (default **5**, which turns a login storm into SYN retransmits); `cache_size` "
+        "raised to twice the user count (default 1000, which made ejabberd shrink its auth cache constantly).",
+        "**Stanza size limit** 262144 bytes on all three (ejabberd `max_stanza_size`, Prosody "
+        "`c2s_stanza_size_limit`, Tributary `max_stanza_bytes`).",
+        "**Stream management** (XEP-0198): ejabberd `mod_stream_mgmt` (resume_timeout 300), Prosody `mod_smacks` "
+        "(built into 0.12), Tributary built in (resume_timeout 300). Carbons: ejabberd `mod_carboncopy` (Debian "
+        "23.01's name), Prosody `mod_carbons`, Tributary built in. Also loaded: roster, disco, ping; ejabberd "
+        "`mod_offline` and Tributary keep 1000 offline messages per user, Prosody's `mod_offline` has no limit.",
+        "**Logging**: every server at warning level (ejabberd `loglevel: warning`, Prosody `min = \"warn\"`, "
+        "Tributary `RUST_LOG=warn`), so per-connection info lines cost nothing anywhere.",
+        "**Storage**: Tributary SQLite (WAL) in the run directory; ejabberd Mnesia (spool in the run directory); "
+        "Prosody internal file storage. No MAM/archiving anywhere.",
+        "**Execution model on the pinned core**: Prosody is one Lua process with one thread (epoll); ejabberd's "
+        "BEAM schedulers follow the CPU affinity; Tributary's tokio runtime sizes its workers from the available "
+        "parallelism (1 on the pinned core). Thread counts are in the set-up table.",
+        "**Users** (`benchN@localhost`, password `bench`): registered once through each server's own tool "
+        "(`tributary user add`, `ejabberdctl register`, `prosodyctl register`), then copied in bulk in each "
+        "server's own storage format (Tributary: the SQLite `accounts` row; ejabberd: the Mnesia `passwd` record "
+        "via `bench/ejabberd_clone_users.escript`; Prosody: the `accounts/benchN.dat` file). SCRAM keys depend only "
+        "on password, salt and iterations, so all accounts share one salt; logins behave exactly as for separately "
+        "registered accounts.",
+        "**Processes run as**: Tributary as root; ejabberd as `ejabberd` (ejabberdctl su's to it); Prosody as "
+        "`prosody` (it refuses root; started with `setpriv`); Mosquitto starts as root and drops to `mosquitto`.",
+        "**CPU and RSS** are those of the server process (`--server-pid`: Tributary's `tributary serve`, ejabberd's "
+        "`beam.smp`, Prosody's `lua` process); the Tributary processor in the report scenario is measured separately.",
+    ]
+    for s in present:
+        c = checks.get(s) or {}
+        if c and not c.get("sm_offered"):
+            notes.append("**%s did not offer XEP-0198** after authentication: its chat runs have no stream management." % s)
+    for n in notes:
+        w("- " + n)
+    w("")
+
+    # ---------------------------------------------------------------- commands
+    w("## Exact commands")
+    w("")
+    w("Parameters: `%s`" % json.dumps({k: v for k, v in params.items() if k != "ports"}))
+    w("")
+    w("Ports (127.0.0.1): `%s`" % json.dumps(params.get("ports", {})))
+    w("")
+    for s in ALL:
+        path = os.path.join(R, s + ".commands.txt")
+        try:
+            cmds = open(path).read().strip()
+        except OSError:
+            continue
+        w("### %s" % s)
+        w("")
+        w("```sh")
+        w(cmds)
+        w("```")
+        w("")
+    out = "\n".join(L).rstrip() + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write(out)
+    print("wrote %s" % a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
