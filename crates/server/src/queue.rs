@@ -92,15 +92,6 @@ pub enum QueueError {
 /// A stanza on its way to disk: resolves once committed (or refused).
 pub type Commit = oneshot::Receiver<Result<Enqueued, QueueError>>;
 
-enum WriteRequest {
-    Enqueue(EnqueueRequest),
-    /// Acknowledged items to delete; `removed` is told after the commit.
-    Remove {
-        ids: Vec<i64>,
-        removed: Option<oneshot::Sender<()>>,
-    },
-}
-
 struct EnqueueRequest {
     item: NewQueueItem,
     reply: oneshot::Sender<Result<Enqueued, QueueError>>,
@@ -126,7 +117,7 @@ enum Event {
 
 /// Handle to the queue tasks, shared by every connection.
 pub struct Queues {
-    writer: mpsc::Sender<WriteRequest>,
+    writer: mpsc::Sender<EnqueueRequest>,
     dispatchers: HashMap<String, mpsc::UnboundedSender<Event>>,
     quotas: HashMap<String, u64>,
     answered: HashMap<String, Mutex<RecentAnswers>>,
@@ -136,14 +127,13 @@ impl Queues {
     /// Starts the writer and one dispatcher per component domain, given
     /// as (domain, quota). The tasks end when this handle is dropped.
     pub fn start(store: Arc<dyn Store>, components: &[(String, u64)]) -> Queues {
-        let (writer, write_rx) = mpsc::channel(MAX_BATCH * 4);
         let mut dispatchers = HashMap::new();
         let mut quotas = HashMap::new();
         let mut answered = HashMap::new();
         for (domain, quota) in components {
             let domain = domain.to_ascii_lowercase();
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(domain.clone(), store.clone(), writer.clone(), rx));
+            tokio::spawn(dispatch(domain.clone(), store.clone(), rx));
             dispatchers.insert(domain.clone(), tx);
             answered.insert(
                 domain.clone(),
@@ -151,7 +141,8 @@ impl Queues {
             );
             quotas.insert(domain, *quota);
         }
-        tokio::spawn(write(store, write_rx, dispatchers.clone()));
+        let (writer, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(write(store, rx, dispatchers.clone()));
         Queues {
             writer,
             dispatchers,
@@ -219,7 +210,7 @@ impl Queues {
             quota,
         };
         self.writer
-            .send(WriteRequest::Enqueue(EnqueueRequest { item, reply }))
+            .send(EnqueueRequest { item, reply })
             .await
             .map_err(|_| QueueError::Stopped)?;
         Ok(answer)
@@ -269,37 +260,25 @@ impl Queues {
     }
 }
 
-/// The group-commit writer: enqueues and deletions of acknowledged items
-/// from every connection and dispatcher, one transaction per batch.
+/// The group-commit writer.
 async fn write(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<WriteRequest>,
+    mut rx: mpsc::Receiver<EnqueueRequest>,
     dispatchers: HashMap<String, mpsc::UnboundedSender<Event>>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut enqueues = Vec::new();
-        let mut remove = Vec::new();
-        let mut removed = Vec::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(request) = next.take() {
-            match request {
-                WriteRequest::Enqueue(r) => enqueues.push(r),
-                WriteRequest::Remove { ids, removed: tell } => {
-                    remove.extend(ids);
-                    removed.extend(tell);
-                }
-            }
-            taken += 1;
-            if taken < MAX_BATCH {
-                next = rx.try_recv().ok();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
-        let items: Vec<NewQueueItem> = enqueues.iter().map(|r| r.item.clone()).collect();
-        match store.queue_commit(&items, &remove).await {
+        let items: Vec<NewQueueItem> = batch.iter().map(|r| r.item.clone()).collect();
+        match store.enqueue(&items).await {
             Ok(results) => {
-                let mut woken = HashSet::new();
-                for (req, result) in enqueues.into_iter().zip(results) {
+                let mut woken = std::collections::HashSet::new();
+                for (req, result) in batch.into_iter().zip(results) {
                     if matches!(result, Enqueued::Accepted(_))
                         && woken.insert(req.item.queue.clone())
                     {
@@ -311,21 +290,12 @@ async fn write(
                 }
             }
             Err(e) => {
-                // Undeleted items are delivered again after a restart: at
-                // least once, never lost.
-                tracing::error!(
-                    "cannot commit {} queued and {} acknowledged stanzas: {e}",
-                    items.len(),
-                    remove.len()
-                );
+                tracing::error!("cannot commit {} queued stanzas: {e}", batch.len());
                 let text = e.to_string();
-                for req in enqueues {
+                for req in batch {
                     let _ = req.reply.send(Err(QueueError::Store(text.clone())));
                 }
             }
-        }
-        for tell in removed {
-            let _ = tell.send(());
         }
     }
 }
@@ -338,12 +308,7 @@ struct Slot {
 }
 
 /// Hands a domain's queued items to its connections.
-async fn dispatch(
-    domain: String,
-    store: Arc<dyn Store>,
-    writer: mpsc::Sender<WriteRequest>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-) {
+async fn dispatch(domain: String, store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Event>) {
     let mut slots: Vec<Slot> = Vec::new();
     let mut ready: VecDeque<QueueItem> = VecDeque::new();
     let mut assigned: HashMap<i64, (u64, QueueItem)> = HashMap::new();
@@ -422,13 +387,13 @@ async fn dispatch(
                 if let Some(slot) = slots.iter_mut().find(|s| s.conn_id == conn_id) {
                     slot.in_flight = slot.in_flight.saturating_sub(done.len());
                 }
-                let request = WriteRequest::Remove { ids: done, removed };
-                if let Err(mpsc::error::SendError(WriteRequest::Remove {
-                    removed: Some(tell),
-                    ..
-                })) = writer.send(request).await
-                {
-                    let _ = tell.send(());
+                if let Err(e) = store.queue_remove(&done).await {
+                    // They stay stored and are delivered again after a
+                    // restart: at least once, never lost.
+                    tracing::error!(%domain, "cannot delete acknowledged items: {e}");
+                }
+                if let Some(removed) = removed {
+                    let _ = removed.send(());
                 }
             }
         }

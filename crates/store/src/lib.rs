@@ -170,9 +170,6 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_items(&self, queue: &str, after: i64, limit: usize) -> Result<Vec<QueueItem>>;
     /// Deletes acknowledged items.
     async fn queue_remove(&self, ids: &[i64]) -> Result<()>;
-    /// Deletes `remove`, then enqueues `add`, in one transaction (one
-    /// fsync for a group commit of both).
-    async fn queue_commit(&self, add: &[NewQueueItem], remove: &[i64]) -> Result<Vec<Enqueued>>;
     /// Every non-empty queue, sorted by name.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>>;
 }

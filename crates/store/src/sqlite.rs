@@ -512,24 +512,11 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, items: &[NewQueueItem]) -> Result<Vec<Enqueued>> {
-        self.queue_commit(items, &[]).await
-    }
-
-    async fn queue_commit(&self, items: &[NewQueueItem], remove: &[i64]) -> Result<Vec<Enqueued>> {
-        if items.is_empty() && remove.is_empty() {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
         let now = unix_millis();
         let mut tx = self.write_tx().await?;
-        for chunk in remove.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!("DELETE FROM queue_items WHERE id IN ({placeholders})");
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
         // Depth per queue, counted once and kept current within the batch.
         let mut depths: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(items.len());
@@ -605,7 +592,21 @@ impl Store for SqliteStore {
     }
 
     async fn queue_remove(&self, ids: &[i64]) -> Result<()> {
-        self.queue_commit(&[], ids).await.map(|_| ())
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!("DELETE FROM queue_items WHERE id IN ({placeholders})");
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
