@@ -89,9 +89,6 @@ pub enum QueueError {
     Store(String),
 }
 
-/// A stanza on its way to disk: resolves once committed (or refused).
-pub type Commit = oneshot::Receiver<Result<Enqueued, QueueError>>;
-
 struct EnqueueRequest {
     item: NewQueueItem,
     reply: oneshot::Sender<Result<Enqueued, QueueError>>,
@@ -173,34 +170,15 @@ impl Queues {
         dedup: Option<String>,
         stanza: &Element,
     ) -> Result<Enqueued, QueueError> {
-        let commit = self
-            .submit(domain, sender, stanza_id, dedup, stanza)
-            .await?;
-        commit.await.map_err(|_| QueueError::Stopped)?
-    }
-
-    /// Hands a stanza to the group-commit writer and returns at once; the
-    /// returned [`Commit`] resolves when it is on disk. A connection can
-    /// so have many stanzas committing together (one fsync for all) while
-    /// it acknowledges them in order.
-    pub async fn submit(
-        &self,
-        domain: &str,
-        sender: &str,
-        stanza_id: Option<&str>,
-        dedup: Option<String>,
-        stanza: &Element,
-    ) -> Result<Commit, QueueError> {
         let queue = domain.to_ascii_lowercase();
         let quota = *self.quotas.get(&queue).ok_or(QueueError::NoSuchQueue)?;
-        let (reply, answer) = oneshot::channel();
         if let (Some(key), Some(recent)) = (&dedup, self.answered.get(&queue)) {
             let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
             if recent.contains(key, Instant::now()) {
-                let _ = reply.send(Ok(Enqueued::AlreadyAnswered));
-                return Ok(answer);
+                return Ok(Enqueued::AlreadyAnswered);
             }
         }
+        let (reply, answer) = oneshot::channel();
         let item = NewQueueItem {
             queue,
             sender: sender.to_owned(),
@@ -213,7 +191,7 @@ impl Queues {
             .send(EnqueueRequest { item, reply })
             .await
             .map_err(|_| QueueError::Stopped)?;
-        Ok(answer)
+        answer.await.map_err(|_| QueueError::Stopped)?
     }
 
     fn event(&self, domain: &str, event: Event) {
