@@ -19,11 +19,7 @@ use rsasl::mechanisms::scram::properties::{Iterations, Salt, SaltedPassword};
 use rsasl::mechanisms::scram::tools;
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig, SessionError, State};
 use rsasl::property::{AuthId, Password};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -120,94 +116,16 @@ pub enum Trust<'a> {
     System,
 }
 
-/// The TLS client configuration for `trust`.
+/// The TLS client configuration for `trust` (the collector's, so the
+/// load generator checks certificates the same way).
 pub fn tls_config(trust: Trust<'_>) -> Result<Arc<rustls::ClientConfig>, BenchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BenchError::Tls(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    match trust {
-        Trust::Insecure => {
-            return Ok(Arc::new(
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-                    .with_no_client_auth(),
-            ))
-        }
-        Trust::Ca(path) => {
-            let bad =
-                |e: &dyn std::fmt::Display| BenchError::Tls(format!("{}: {e}", path.display()));
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-            }
-            if roots.is_empty() {
-                return Err(bad(&"no certificate in the file"));
-            }
-        }
-        Trust::System => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(BenchError::Tls(
-                    "no system root certificates; pass --ca PEM or --insecure".into(),
-                ));
-            }
-        }
-    }
-    Ok(Arc::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
-    ))
-}
-
-/// Skips certificate verification but still checks handshake signatures.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let (ca, insecure) = match trust {
+        Trust::Ca(path) => (Some(path), false),
+        Trust::Insecure => (None, true),
+        Trust::System => (None, false),
+    };
+    tributary_collector::tls::client_config_for(ca, insecure)
+        .map_err(|e| BenchError::Tls(e.to_string()))
 }
 
 /// Escapes text for element content or an attribute value.

@@ -31,7 +31,7 @@ mod cli;
 mod engine;
 mod outbox;
 mod report;
-mod tls;
+pub mod tls;
 mod xmpp;
 
 pub use cli::{main_with, PresenceArgs, ReportArgs, ReportCommand, ShowArg, WaitArg};

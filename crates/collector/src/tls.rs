@@ -8,14 +8,22 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::Path;
 use std::sync::Arc;
 
 pub fn client_config(config: &CollectorConfig) -> Result<Arc<ClientConfig>, Error> {
+    client_config_for(config.tls_ca.as_deref(), config.insecure_accept_any)
+}
+
+/// Trusts the certificates in `ca` (a PEM file), else the system's roots;
+/// with `insecure`, any certificate (handshake signatures still checked).
+/// Shared by the collector and the load generator.
+pub fn client_config_for(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    if config.insecure_accept_any {
+    if insecure {
         tracing::warn!("accepting any server certificate: the link is not authenticated");
         let tls = builder
             .dangerous()
@@ -24,7 +32,7 @@ pub fn client_config(config: &CollectorConfig) -> Result<Arc<ClientConfig>, Erro
         return Ok(Arc::new(tls));
     }
     let mut roots = RootCertStore::empty();
-    match &config.tls_ca {
+    match ca {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
