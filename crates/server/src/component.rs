@@ -245,6 +245,11 @@ impl ComponentConn {
             self.node.queues.acked(domain, self.conn_id, ids, None);
             return;
         }
+        // Marked before the deletion is asked for: a copy the writer sees
+        // after the deletion finds the mark (see `crate::queue`).
+        self.node
+            .queues
+            .answering(domain, answers.iter().filter_map(|(_, k)| k.as_deref()));
         let (removed, deleted) = tokio::sync::oneshot::channel();
         self.node
             .queues
@@ -273,11 +278,11 @@ impl ComponentConn {
                         }
                     })
                 };
-                node.queues.answered(
+                node.queues.not_delivered(
                     &domain,
                     answers
                         .iter()
-                        .filter(|(answer, _)| live(answer))
+                        .filter(|(answer, _)| !live(answer))
                         .filter_map(|(_, k)| k.as_deref()),
                 );
                 for (answer, _) in answers {

@@ -153,6 +153,34 @@ struct Conn {
     last_read: Instant,
     /// When we asked an idle peer whether it is still there.
     probe_sent: Option<Instant>,
+    /// Stanzas handled but not yet counted, oldest first: a stanza to a
+    /// component counts once its commit is on disk, and the ones after it
+    /// wait their turn, so `h` stays in order while commits overlap.
+    pipeline: VecDeque<Pipelined>,
+}
+
+/// A handled stanza waiting to be counted (see `Conn::pipeline`), or the
+/// peer's `<r/>`, answered once what came before it is counted.
+enum Pipelined {
+    Stanza {
+        committing: Option<(modules::components::PendingCommit, Element)>,
+        replies: Vec<Element>,
+    },
+    AckRequest,
+}
+
+/// Most stanzas waiting in `Conn::pipeline`; reading pauses beyond it.
+const MAX_PIPELINE: usize = 4096;
+
+/// Resolves when the oldest pipelined stanza's commit has finished.
+async fn front_committed(pipeline: &mut VecDeque<Pipelined>) {
+    match pipeline.front_mut() {
+        Some(Pipelined::Stanza {
+            committing: Some((commit, _)),
+            ..
+        }) => commit.wait().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -193,6 +221,7 @@ impl Conn {
             closing: false,
             last_read: Instant::now(),
             probe_sent: None,
+            pipeline: VecDeque::new(),
             node,
             peer,
             span,
@@ -284,7 +313,8 @@ impl Conn {
                         return End::Lost;
                     }
                 }
-                read = stream.read(&mut buf) => {
+                _ = front_committed(&mut self.pipeline) => self.complete_pipelined(),
+                read = stream.read(&mut buf), if self.pipeline.len() < MAX_PIPELINE => {
                     let n = match read {
                         Ok(0) | Err(_) => return End::Lost,
                         Ok(n) => n,
@@ -304,6 +334,34 @@ impl Conn {
                         tokio::time::sleep(pause).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Counts (and answers) the pipelined stanzas at the front whose
+    /// commits have finished, in the order they arrived.
+    fn complete_pipelined(&mut self) {
+        while let Some(front) = self.pipeline.front_mut() {
+            let refused = match front {
+                Pipelined::Stanza {
+                    committing: Some((commit, el)),
+                    ..
+                } => match commit.try_outcome() {
+                    None => return,
+                    Some(Ok(())) => None,
+                    Some(Err(cond)) => modules::components::error_for(el, cond),
+                },
+                _ => None,
+            };
+            match self.pipeline.pop_front() {
+                Some(Pipelined::Stanza { replies, .. }) => {
+                    self.outgoing.handled_one();
+                    for reply in refused.into_iter().chain(replies) {
+                        self.emit(reply);
+                    }
+                }
+                Some(Pipelined::AckRequest) => self.outgoing.answer_ack_request(),
+                None => return,
             }
         }
     }
@@ -511,19 +569,34 @@ impl Conn {
                 }
                 Action::Stanza(el) => {
                     let mut replies = Vec::new();
+                    let mut committing = None;
                     if let Some(b) = self.bound.as_mut() {
                         modules::handle_stanza(&self.node, &mut b.session, el).await;
                         replies = std::mem::take(&mut b.session.replies);
+                        committing = b.session.committing.take();
                     }
-                    // Counted only now that it is handled: routed to a
-                    // session or committed to storage (XEP-0198 `h`).
-                    self.outgoing.handled_one();
-                    for reply in replies {
-                        self.emit(reply);
+                    if committing.is_none() && self.pipeline.is_empty() {
+                        // Counted only now that it is handled: routed to a
+                        // session or committed to storage (XEP-0198 `h`).
+                        self.outgoing.handled_one();
+                        for reply in replies {
+                            self.emit(reply);
+                        }
+                    } else {
+                        // Counted, in order, once the commits before it
+                        // (and its own) are on disk.
+                        self.pipeline.push_back(Pipelined::Stanza {
+                            committing,
+                            replies,
+                        });
+                        self.complete_pipelined();
                     }
                 }
                 Action::Handled => self.outgoing.handled_one(),
                 Action::EnableSm { resume, max } => self.enable_sm(resume, max),
+                Action::AckRequested if !self.pipeline.is_empty() => {
+                    self.pipeline.push_back(Pipelined::AckRequest);
+                }
                 Action::AckRequested => self.outgoing.answer_ack_request(),
                 Action::Acked(h) => self.on_ack(h),
                 Action::ClientState { active } => {

@@ -16,6 +16,13 @@
 //! the processor does not answer it twice. Later copies are new items: the
 //! answer may have been lost (a node crash loses what was in flight to
 //! the sender), and the processor's idempotent commit makes them harmless.
+//!
+//! Why no copy slips between the two: an answer's key is marked *before*
+//! its item's deletion is handed to the writer, and the writer, which
+//! commits deletions and enqueues in one order, looks keys up when it
+//! builds a batch. A copy in an earlier batch finds the item, one in the
+//! deleting batch is merged by the store, one in a later batch finds the
+//! mark.
 
 use crate::router::Outbound;
 use minidom::Element;
@@ -77,6 +84,25 @@ impl RecentAnswers {
         let h = self.hasher.hash_one(key);
         self.current.contains(&h) || self.previous.contains(&h)
     }
+
+    fn remove(&mut self, key: &str) {
+        let h = self.hasher.hash_one(key);
+        self.current.remove(&h);
+        self.previous.remove(&h);
+    }
+}
+
+/// Recent answers per component domain (lower case).
+type Answered = Arc<HashMap<String, Mutex<RecentAnswers>>>;
+
+fn with_recent<R>(
+    answered: &Answered,
+    domain: &str,
+    f: impl FnOnce(&mut RecentAnswers) -> R,
+) -> Option<R> {
+    let recent = answered.get(domain)?;
+    let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+    Some(f(&mut recent))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +113,18 @@ pub enum QueueError {
     Stopped,
     #[error("cannot commit to the store: {0}")]
     Store(String),
+}
+
+/// A stanza on its way to disk: resolves once committed (or refused).
+pub type Commit = oneshot::Receiver<Result<Enqueued, QueueError>>;
+
+enum WriteRequest {
+    Enqueue(EnqueueRequest),
+    /// Acknowledged items to delete; `removed` is told after the commit.
+    Remove {
+        ids: Vec<i64>,
+        removed: Option<oneshot::Sender<()>>,
+    },
 }
 
 struct EnqueueRequest {
@@ -114,23 +152,24 @@ enum Event {
 
 /// Handle to the queue tasks, shared by every connection.
 pub struct Queues {
-    writer: mpsc::Sender<EnqueueRequest>,
+    writer: mpsc::Sender<WriteRequest>,
     dispatchers: HashMap<String, mpsc::UnboundedSender<Event>>,
     quotas: HashMap<String, u64>,
-    answered: HashMap<String, Mutex<RecentAnswers>>,
+    answered: Answered,
 }
 
 impl Queues {
     /// Starts the writer and one dispatcher per component domain, given
     /// as (domain, quota). The tasks end when this handle is dropped.
     pub fn start(store: Arc<dyn Store>, components: &[(String, u64)]) -> Queues {
+        let (writer, write_rx) = mpsc::channel(MAX_BATCH * 4);
         let mut dispatchers = HashMap::new();
         let mut quotas = HashMap::new();
         let mut answered = HashMap::new();
         for (domain, quota) in components {
             let domain = domain.to_ascii_lowercase();
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(domain.clone(), store.clone(), rx));
+            tokio::spawn(dispatch(domain.clone(), store.clone(), writer.clone(), rx));
             dispatchers.insert(domain.clone(), tx);
             answered.insert(
                 domain.clone(),
@@ -138,8 +177,13 @@ impl Queues {
             );
             quotas.insert(domain, *quota);
         }
-        let (writer, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(write(store, rx, dispatchers.clone()));
+        let answered: Answered = Arc::new(answered);
+        tokio::spawn(write(
+            store,
+            write_rx,
+            dispatchers.clone(),
+            answered.clone(),
+        ));
         Queues {
             writer,
             dispatchers,
@@ -148,36 +192,43 @@ impl Queues {
         }
     }
 
-    /// The processor's answers to these stanzas (by dedup key) were routed.
-    pub fn answered<'k>(&self, domain: &str, keys: impl IntoIterator<Item = &'k str>) {
-        if let Some(recent) = self.answered.get(&domain.to_ascii_lowercase()) {
-            let now = Instant::now();
-            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+    /// The processor answered these stanzas (by dedup key): copies are
+    /// no-ops from now on. Called before their deletion is requested.
+    pub fn answering<'k>(&self, domain: &str, keys: impl IntoIterator<Item = &'k str>) {
+        let now = Instant::now();
+        with_recent(&self.answered, &domain.to_ascii_lowercase(), |recent| {
             for key in keys {
                 recent.insert(key, now);
             }
-        }
+        });
     }
 
-    /// Commits a stanza to a component's queue; returns once it is on disk
-    /// (or refused over quota). A stanza with the same `dedup` key as one
-    /// still queued is that item (`Enqueued::AlreadyQueued`).
-    pub async fn enqueue(
+    /// These answers did not reach a live session: a copy from a sender
+    /// that started afresh must be processed (and answered) again.
+    pub fn not_delivered<'k>(&self, domain: &str, keys: impl IntoIterator<Item = &'k str>) {
+        with_recent(&self.answered, &domain.to_ascii_lowercase(), |recent| {
+            for key in keys {
+                recent.remove(key);
+            }
+        });
+    }
+
+    /// Hands a stanza to the group-commit writer and returns at once; the
+    /// returned [`Commit`] resolves when it is on disk (or refused over
+    /// quota; a copy of a queued item is `Enqueued::AlreadyQueued`, of a
+    /// recently answered one `Enqueued::AlreadyAnswered`). A connection can
+    /// so have many stanzas committing together (one fsync for all) while
+    /// it acknowledges them in order.
+    pub async fn submit(
         &self,
         domain: &str,
         sender: &str,
         stanza_id: Option<&str>,
         dedup: Option<String>,
         stanza: &Element,
-    ) -> Result<Enqueued, QueueError> {
+    ) -> Result<Commit, QueueError> {
         let queue = domain.to_ascii_lowercase();
         let quota = *self.quotas.get(&queue).ok_or(QueueError::NoSuchQueue)?;
-        if let (Some(key), Some(recent)) = (&dedup, self.answered.get(&queue)) {
-            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.contains(key, Instant::now()) {
-                return Ok(Enqueued::AlreadyAnswered);
-            }
-        }
         let (reply, answer) = oneshot::channel();
         let item = NewQueueItem {
             queue,
@@ -188,10 +239,10 @@ impl Queues {
             quota,
         };
         self.writer
-            .send(EnqueueRequest { item, reply })
+            .send(WriteRequest::Enqueue(EnqueueRequest { item, reply }))
             .await
             .map_err(|_| QueueError::Stopped)?;
-        answer.await.map_err(|_| QueueError::Stopped)?
+        Ok(answer)
     }
 
     fn event(&self, domain: &str, event: Event) {
@@ -238,25 +289,41 @@ impl Queues {
     }
 }
 
-/// The group-commit writer.
+/// The group-commit writer: enqueues and deletions of acknowledged items
+/// from every connection and dispatcher, one transaction per batch.
 async fn write(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<EnqueueRequest>,
+    mut rx: mpsc::Receiver<WriteRequest>,
     dispatchers: HashMap<String, mpsc::UnboundedSender<Event>>,
+    answered: Answered,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let mut enqueues = Vec::new();
+        let mut remove = Vec::new();
+        let mut removed = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(request) = next.take() {
+            match request {
+                WriteRequest::Enqueue(r) if recently_answered(&answered, &r.item) => {
+                    let _ = r.reply.send(Ok(Enqueued::AlreadyAnswered));
+                }
+                WriteRequest::Enqueue(r) => enqueues.push(r),
+                WriteRequest::Remove { ids, removed: tell } => {
+                    remove.extend(ids);
+                    removed.extend(tell);
+                }
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let items: Vec<NewQueueItem> = batch.iter().map(|r| r.item.clone()).collect();
-        match store.enqueue(&items).await {
+        let items: Vec<NewQueueItem> = enqueues.iter().map(|r| r.item.clone()).collect();
+        match store.queue_commit(&items, &remove).await {
             Ok(results) => {
-                let mut woken = std::collections::HashSet::new();
-                for (req, result) in batch.into_iter().zip(results) {
+                let mut woken = HashSet::new();
+                for (req, result) in enqueues.into_iter().zip(results) {
                     if matches!(result, Enqueued::Accepted(_))
                         && woken.insert(req.item.queue.clone())
                     {
@@ -268,14 +335,31 @@ async fn write(
                 }
             }
             Err(e) => {
-                tracing::error!("cannot commit {} queued stanzas: {e}", batch.len());
+                // Undeleted items are delivered again after a restart: at
+                // least once, never lost.
+                tracing::error!(
+                    "cannot commit {} queued and {} acknowledged stanzas: {e}",
+                    items.len(),
+                    remove.len()
+                );
                 let text = e.to_string();
-                for req in batch {
+                for req in enqueues {
                     let _ = req.reply.send(Err(QueueError::Store(text.clone())));
                 }
             }
         }
+        for tell in removed {
+            let _ = tell.send(());
+        }
     }
+}
+
+fn recently_answered(answered: &Answered, item: &NewQueueItem) -> bool {
+    let Some(key) = &item.dedup else { return false };
+    with_recent(answered, &item.queue, |recent| {
+        recent.contains(key, Instant::now())
+    })
+    .unwrap_or(false)
 }
 
 struct Slot {
@@ -286,7 +370,12 @@ struct Slot {
 }
 
 /// Hands a domain's queued items to its connections.
-async fn dispatch(domain: String, store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Event>) {
+async fn dispatch(
+    domain: String,
+    store: Arc<dyn Store>,
+    writer: mpsc::Sender<WriteRequest>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) {
     let mut slots: Vec<Slot> = Vec::new();
     let mut ready: VecDeque<QueueItem> = VecDeque::new();
     let mut assigned: HashMap<i64, (u64, QueueItem)> = HashMap::new();
@@ -365,13 +454,13 @@ async fn dispatch(domain: String, store: Arc<dyn Store>, mut rx: mpsc::Unbounded
                 if let Some(slot) = slots.iter_mut().find(|s| s.conn_id == conn_id) {
                     slot.in_flight = slot.in_flight.saturating_sub(done.len());
                 }
-                if let Err(e) = store.queue_remove(&done).await {
-                    // They stay stored and are delivered again after a
-                    // restart: at least once, never lost.
-                    tracing::error!(%domain, "cannot delete acknowledged items: {e}");
-                }
-                if let Some(removed) = removed {
-                    let _ = removed.send(());
+                let request = WriteRequest::Remove { ids: done, removed };
+                if let Err(mpsc::error::SendError(WriteRequest::Remove {
+                    removed: Some(tell),
+                    ..
+                })) = writer.send(request).await
+                {
+                    let _ = tell.send(());
                 }
             }
         }
@@ -424,6 +513,75 @@ async fn hand_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &str = "alice@localhost\nR-1";
+
+    fn report() -> Element {
+        "<message xmlns='jabber:client' from='alice@localhost/phone' to='reports.localhost' id='R-1'><request xmlns='urn:xmpp:receipts'/></message>"
+            .parse()
+            .expect("stanza")
+    }
+
+    async fn copy(queues: &Queues) -> Enqueued {
+        let commit = queues
+            .submit(
+                "reports.localhost",
+                "alice@localhost/phone",
+                Some("R-1"),
+                Some(KEY.into()),
+                &report(),
+            )
+            .await
+            .expect("submitted");
+        commit.await.expect("answered").expect("committed")
+    }
+
+    /// A copy of a report arriving at any moment around its answer is
+    /// never a new item while the answer counts as delivered, and is one
+    /// once the answer is known not to have reached the sender.
+    #[tokio::test]
+    async fn copies_around_an_answer_are_never_new_items() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = tributary_store::SqliteStore::open(&dir.path().join("q.sqlite"))
+            .await
+            .expect("store");
+        let queues = Queues::start(Arc::new(store), &[("reports.localhost".into(), 1000)]);
+        let Enqueued::Accepted(first) = copy(&queues).await else {
+            panic!("the first copy is a new item")
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        queues.attach("reports.localhost", 1, tx, 8);
+        let Some(Outbound::Queued { id, .. }) = rx.recv().await else {
+            panic!("the item is handed out")
+        };
+        assert_eq!(id, first);
+        assert!(matches!(copy(&queues).await, Enqueued::AlreadyQueued(i) if i == first));
+
+        // The connection marks the answer, then asks for the deletion,
+        // while copies keep arriving: each is merged or already answered.
+        queues.answering("reports.localhost", [KEY]);
+        let (removed, deleted) = oneshot::channel();
+        let racing = async {
+            let mut outcomes = Vec::new();
+            for _ in 0..20 {
+                outcomes.push(copy(&queues).await);
+            }
+            outcomes
+        };
+        queues.acked("reports.localhost", 1, vec![id], Some(removed));
+        let (outcomes, deleted) = tokio::join!(racing, deleted);
+        deleted.expect("deleted");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Enqueued::AlreadyQueued(_) | Enqueued::AlreadyAnswered)),
+            "{outcomes:?}"
+        );
+        assert_eq!(copy(&queues).await, Enqueued::AlreadyAnswered);
+
+        queues.not_delivered("reports.localhost", [KEY]);
+        assert!(matches!(copy(&queues).await, Enqueued::Accepted(i) if i > first));
+    }
 
     #[test]
     fn recent_answers_are_forgotten_after_their_time() {

@@ -170,6 +170,10 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_items(&self, queue: &str, after: i64, limit: usize) -> Result<Vec<QueueItem>>;
     /// Deletes acknowledged items.
     async fn queue_remove(&self, ids: &[i64]) -> Result<()>;
+    /// Enqueues `add` and deletes `remove` in one transaction (one fsync
+    /// for a group commit of both); a copy in `add` of an item in `remove`
+    /// is `AlreadyQueued`.
+    async fn queue_commit(&self, add: &[NewQueueItem], remove: &[i64]) -> Result<Vec<Enqueued>>;
     /// Every non-empty queue, sorted by name.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>>;
 }

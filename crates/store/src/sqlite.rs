@@ -512,7 +512,11 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, items: &[NewQueueItem]) -> Result<Vec<Enqueued>> {
-        if items.is_empty() {
+        self.queue_commit(items, &[]).await
+    }
+
+    async fn queue_commit(&self, items: &[NewQueueItem], remove: &[i64]) -> Result<Vec<Enqueued>> {
+        if items.is_empty() && remove.is_empty() {
             return Ok(Vec::new());
         }
         let now = unix_millis();
@@ -564,6 +568,17 @@ impl Store for SqliteStore {
             depths.insert(&item.queue, depth + 1);
             out.push(Enqueued::Accepted(id));
         }
+        // Deleted after the inserts: a copy of an item acknowledged in this
+        // very batch is merged with it (its answer is about to go out).
+        for chunk in remove.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!("DELETE FROM queue_items WHERE id IN ({placeholders})");
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(out)
     }
@@ -592,21 +607,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_remove(&self, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write_tx().await?;
-        for chunk in ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!("DELETE FROM queue_items WHERE id IN ({placeholders})");
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.queue_commit(&[], ids).await.map(|_| ())
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
@@ -1426,6 +1427,16 @@ mod tests {
             store.enqueue(&[elsewhere]).await.expect("ok")[..],
             [Enqueued::Accepted(_)]
         ));
+        // A copy arriving in the batch that deletes the item is that item.
+        let results = store
+            .queue_commit(&[again.clone()], &[id])
+            .await
+            .expect("ok");
+        assert_eq!(results, [Enqueued::AlreadyQueued(id)]);
+        let results = store.enqueue(&[again.clone()]).await.expect("ok");
+        let [Enqueued::Accepted(id)] = results[..] else {
+            panic!("{results:?}")
+        };
         // Once processed and removed, a new copy is queued again.
         store.queue_remove(&[id]).await.expect("removed");
         let results = store.enqueue(&[again]).await.expect("ok");

@@ -6,6 +6,7 @@
 
 use super::{message, presence};
 use crate::node::Node;
+use crate::queue::{Commit, QueueError};
 use jid::Jid;
 use minidom::Element;
 use tributary_proto::error::StanzaErrorCondition;
@@ -17,6 +18,57 @@ use tributary_store::Enqueued;
 /// Commits a stanza to the queue of the component serving `to`. `Err` is
 /// the condition the sender must be told.
 pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), StanzaErrorCondition> {
+    let pending = submit(node, to, el).await?;
+    pending.outcome().await
+}
+
+/// A client's stanza committing to a component's queue; the connection
+/// counts it as handled once [`PendingCommit::outcome`] resolves.
+#[derive(Debug)]
+pub struct PendingCommit {
+    domain: String,
+    commit: Commit,
+    /// Set once the commit finished.
+    outcome: Option<Result<(), StanzaErrorCondition>>,
+}
+
+impl PendingCommit {
+    /// Waits for the commit; `Err` is the condition the sender is told.
+    pub async fn outcome(mut self) -> Result<(), StanzaErrorCondition> {
+        self.wait().await;
+        self.outcome
+            .unwrap_or(Err(StanzaErrorCondition::InternalServerError))
+    }
+
+    /// Resolves once the commit finished (see [`Self::try_outcome`]).
+    pub async fn wait(&mut self) {
+        if self.outcome.is_none() {
+            let result = (&mut self.commit).await.map_err(|_| QueueError::Stopped);
+            self.outcome = Some(judge(&self.domain, result.and_then(|r| r)));
+        }
+    }
+
+    /// The outcome if the commit has finished, without waiting.
+    pub fn try_outcome(&mut self) -> Option<Result<(), StanzaErrorCondition>> {
+        if self.outcome.is_none() {
+            let result = match self.commit.try_recv() {
+                Ok(r) => r,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(QueueError::Stopped),
+            };
+            self.outcome = Some(judge(&self.domain, result));
+        }
+        self.outcome
+    }
+}
+
+/// Hands a stanza to the queue of the component serving `to` without
+/// waiting for the commit.
+pub async fn submit(
+    node: &Node,
+    to: &Jid,
+    el: &Element,
+) -> Result<PendingCommit, StanzaErrorCondition> {
     let domain = to.domain().as_str();
     if !node.config.is_component(domain) {
         return Err(StanzaErrorCondition::RemoteServerNotFound);
@@ -24,9 +76,21 @@ pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), Sta
     let sender = stanza::from(el).unwrap_or_default();
     match node
         .queues
-        .enqueue(domain, sender, stanza::id(el), dedup_key(el), el)
+        .submit(domain, sender, stanza::id(el), dedup_key(el), el)
         .await
     {
+        Ok(commit) => Ok(PendingCommit {
+            domain: domain.to_owned(),
+            commit,
+            outcome: None,
+        }),
+        Err(e) => Err(failed(domain, &e)),
+    }
+}
+
+/// What the sender is told about a commit.
+fn judge(domain: &str, result: Result<Enqueued, QueueError>) -> Result<(), StanzaErrorCondition> {
+    match result {
         Ok(Enqueued::Accepted(_) | Enqueued::AlreadyQueued(_) | Enqueued::AlreadyAnswered) => {
             Ok(())
         }
@@ -34,11 +98,13 @@ pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), Sta
             tracing::warn!(%domain, "queue quota reached; refusing a stanza");
             Err(StanzaErrorCondition::ResourceConstraint)
         }
-        Err(e) => {
-            tracing::error!(%domain, "cannot queue a stanza: {e}");
-            Err(StanzaErrorCondition::InternalServerError)
-        }
+        Err(e) => Err(failed(domain, &e)),
     }
+}
+
+fn failed(domain: &str, e: &QueueError) -> StanzaErrorCondition {
+    tracing::error!(%domain, "cannot queue a stanza: {e}");
+    StanzaErrorCondition::InternalServerError
 }
 
 /// Messages and iq requests are the same item when a sender sends them

@@ -25,8 +25,9 @@ pub async fn from_client(node: &Node, s: &mut Session, msg: Element) {
         return;
     }
     if to.domain().as_str() != node.domain() {
-        if let Err(cond) = components::to_component(node, &to, &msg).await {
-            s.replies.extend(components::error_for(&msg, cond));
+        match components::submit(node, &to, &msg).await {
+            Ok(commit) => s.committing = Some((commit, msg)),
+            Err(cond) => s.replies.extend(components::error_for(&msg, cond)),
         }
         return;
     }
@@ -132,8 +133,9 @@ pub async fn route_iq(node: &Node, s: &mut Session, iq: Element) {
         _ => return,
     };
     if to.domain().as_str() != node.domain() {
-        if let Err(cond) = components::to_component(node, &to, &iq).await {
-            reply_error(s, &iq, cond);
+        match components::submit(node, &to, &iq).await {
+            Ok(commit) => s.committing = Some((commit, iq)),
+            Err(cond) => reply_error(s, &iq, cond),
         }
         return;
     }

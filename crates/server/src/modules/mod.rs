@@ -36,6 +36,10 @@ pub struct Session {
     /// Stanzas for this client produced while handling its own stanza;
     /// the connection writes them after the handler returns.
     pub replies: Vec<Element>,
+    /// The stanza just handled is committing to a component's queue: the
+    /// connection counts it as handled (and answers a refusal) when the
+    /// commit resolves, while it goes on reading.
+    pub committing: Option<(components::PendingCommit, Element)>,
     /// Sent initial presence (RFC 6121 4.2).
     pub available: bool,
     /// JIDs that received directed presence, told when we go unavailable.
@@ -52,6 +56,7 @@ impl Session {
             user,
             conn_id,
             replies: Vec::new(),
+            committing: None,
             available: false,
             directed: Vec::new(),
         }
