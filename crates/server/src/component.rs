@@ -264,16 +264,18 @@ impl ComponentConn {
                 if deleted.await.is_err() {
                     return;
                 }
-                // Only an answer that reaches a live session makes a copy a
-                // no-op; one kept offline or for a detached session may
-                // never reach a sender that started afresh.
+                // Only an answer that reaches a session makes a copy a
+                // no-op; one kept offline may never reach a sender that
+                // started afresh. A detached session counts: it resumes
+                // with the answer, or ends and hands it to
+                // `modules::components::undelivered`.
                 let live = |answer: &Element| {
                     stanza::to_jid(answer).ok().flatten().is_some_and(|to| {
                         match (to.node(), to.resource()) {
                             (Some(user), Some(resource)) => node
                                 .router
                                 .session(user.as_str(), resource.as_str())
-                                .is_some_and(|s| !s.hibernating),
+                                .is_some(),
                             _ => false,
                         }
                     })
@@ -305,14 +307,9 @@ impl ComponentConn {
         let Some(to) = stanza::to(el) else {
             return false;
         };
-        let answered = match el.name() {
-            "message" => el
-                .get_child("received", RECEIPTS)
-                .and_then(|r| r.attr("id")),
-            "iq" if matches!(stanza::stanza_type(el), Some("result" | "error")) => stanza::id(el),
-            _ => None,
+        let Some(sid) = modules::components::answered_id(el) else {
+            return false;
         };
-        let Some(sid) = answered else { return false };
         let Some((id, acks)) = self.answerable.remove(&(to.to_owned(), sid.to_owned())) else {
             return false;
         };

@@ -867,6 +867,7 @@ impl Conn {
             }
         }
         for el in keep {
+            modules::components::undelivered(&self.node, &el);
             modules::offline::requeue(&self.node, &b.session, el).await;
         }
     }

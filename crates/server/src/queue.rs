@@ -203,7 +203,7 @@ impl Queues {
         });
     }
 
-    /// These answers did not reach a live session: a copy from a sender
+    /// These answers did not reach a session: a copy from a sender
     /// that started afresh must be processed (and answered) again.
     pub fn not_delivered<'k>(&self, domain: &str, keys: impl IntoIterator<Item = &'k str>) {
         with_recent(&self.answered, &domain.to_ascii_lowercase(), |recent| {

@@ -15,6 +15,8 @@ use tributary_proto::routing::MessageType;
 use tributary_proto::stanza::{self, StanzaKind};
 use tributary_store::Enqueued;
 
+const RECEIPTS: &str = "urn:xmpp:receipts";
+
 /// Commits a stanza to the queue of the component serving `to`. `Err` is
 /// the condition the sender must be told.
 pub async fn to_component(node: &Node, to: &Jid, el: &Element) -> Result<(), StanzaErrorCondition> {
@@ -121,6 +123,36 @@ fn dedup_key(el: &Element) -> Option<String> {
         return None;
     }
     answer_key(stanza::from(el)?, stanza::id(el)?)
+}
+
+/// The id of the stanza that `el` answers, if `el` is an answer a
+/// processor sends: an XEP-0184 receipt, or an iq result or error.
+pub fn answered_id(el: &Element) -> Option<&str> {
+    match el.name() {
+        "message" => el
+            .get_child("received", RECEIPTS)
+            .and_then(|r| r.attr("id")),
+        "iq" if matches!(stanza::stanza_type(el), Some("result" | "error")) => stanza::id(el),
+        _ => None,
+    }
+}
+
+/// A stanza on its way to a session that ended before it was acknowledged:
+/// if it is a processor's answer, copies of the stanza it answers are new
+/// items again (the sender may never see this answer).
+pub fn undelivered(node: &Node, el: &Element) {
+    let Some(from) = stanza::from(el).and_then(|f| Jid::new(f).ok()) else {
+        return;
+    };
+    let domain = from.domain().as_str();
+    if !node.config.is_component(domain) {
+        return;
+    }
+    if let (Some(to), Some(id)) = (stanza::to(el), answered_id(el)) {
+        if let Some(key) = answer_key(to, id) {
+            node.queues.not_delivered(domain, [key.as_str()]);
+        }
+    }
 }
 
 /// The dedup key of the stanza with id `id` from `sender` (a JID).
