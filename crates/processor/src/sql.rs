@@ -159,6 +159,23 @@ pub struct PresenceRow {
     pub updated_at: Option<String>,
 }
 
+/// Rows per multi-row INSERT: 6 parameters each stays below SQLite's
+/// 32,766 and PostgreSQL's 65,535 bound parameters.
+const REPORT_ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2, ..), ($n+1, ..), ..` for `rows` rows of `columns` parameters.
+fn numbered_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -170,44 +187,62 @@ impl Processor for SqlProcessor {
     async fn process(&mut self, batch: &[Item]) -> anyhow::Result<Vec<Outcome>> {
         let received_at = now();
         let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for item in batch {
-            match item {
-                Item::Report(r) => {
-                    sqlx::query(
-                        "INSERT INTO reports (sender, id, kind, at, payload, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, id) DO NOTHING",
-                    )
+        // Reports go in multi-row statements: each statement is a round
+        // trip to the database (to sqlx's worker thread, for SQLite).
+        let reports: Vec<&crate::report::Report> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Item::Report(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        for chunk in reports.chunks(REPORT_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
+                 ON CONFLICT (sender, id) DO NOTHING",
+                numbered_rows(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
                     .bind(&r.sender)
                     .bind(&r.id)
                     .bind(&r.kind)
                     .bind(&r.at)
                     .bind(&r.payload)
-                    .bind(&received_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Item::Presence(p) => {
-                    sqlx::query(
-                        "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
-                         resource = excluded.resource, available = excluded.available, show = excluded.show, \
-                         status = excluded.status, updated_at = excluded.updated_at",
-                    )
-                    .bind(&p.jid)
-                    .bind(&p.resource)
-                    .bind(i32::from(p.available))
-                    .bind(&p.show)
-                    .bind(&p.status)
-                    .bind(&received_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Item::Other => {}
+                    .bind(&received_at);
             }
-            outcomes.push(Outcome::Done);
+            q.execute(&mut *tx).await?;
         }
+        // Presence row by row, in order: later changes of one JID win.
+        for item in batch {
+            if let Item::Presence(p) = item {
+                sqlx::query(
+                    "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
+                     resource = excluded.resource, available = excluded.available, show = excluded.show, \
+                     status = excluded.status, updated_at = excluded.updated_at",
+                )
+                .bind(&p.jid)
+                .bind(&p.resource)
+                .bind(i32::from(p.available))
+                .bind(&p.show)
+                .bind(&p.status)
+                .bind(&received_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let outcomes = vec![Outcome::Done; batch.len()];
         tx.commit().await?;
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbered_rows_count_on_across_rows() {
+        assert_eq!(super::numbered_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }

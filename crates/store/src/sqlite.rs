@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +24,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 use tributary_proto::scram::ScramKeys;
+
+mod queue;
 
 use crate::{
     Credentials, Enqueued, NewQueueItem, OfflineStored, QueueDepth, QueueItem, Result, RosterItem,
@@ -41,6 +44,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Items per component queue, once counted (see `queue.rs`).
+    queue_depths: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
 }
 
 impl SqliteStore {
@@ -68,7 +73,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            queue_depths: Default::default(),
+        })
     }
 
     /// Starts a transaction that already holds the write lock; see the
@@ -516,71 +524,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_commit(&self, items: &[NewQueueItem], remove: &[i64]) -> Result<Vec<Enqueued>> {
-        if items.is_empty() && remove.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = unix_millis();
-        let mut tx = self.write_tx().await?;
-        // Depth per queue, counted once and kept current within the batch.
-        let mut depths: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            if let Some(key) = &item.dedup {
-                let existing: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM queue_items WHERE queue = ? AND dedup = ?")
-                        .bind(&item.queue)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(id) = existing {
-                    out.push(Enqueued::AlreadyQueued(id));
-                    continue;
-                }
-            }
-            let depth = match depths.get(item.queue.as_str()) {
-                Some(d) => *d,
-                None => {
-                    let n: i64 =
-                        sqlx::query_scalar("SELECT COUNT(*) FROM queue_items WHERE queue = ?")
-                            .bind(&item.queue)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    count_from("queue items", n)? as u64
-                }
-            };
-            if depth >= item.quota {
-                depths.insert(&item.queue, depth);
-                out.push(Enqueued::OverQuota);
-                continue;
-            }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO queue_items (queue, sender, stanza_id, stanza, dedup, enqueued_at) \
-                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&item.queue)
-            .bind(&item.sender)
-            .bind(&item.stanza_id)
-            .bind(&item.stanza)
-            .bind(&item.dedup)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            depths.insert(&item.queue, depth + 1);
-            out.push(Enqueued::Accepted(id));
-        }
-        // Deleted after the inserts: a copy of an item acknowledged in this
-        // very batch is merged with it (its answer is about to go out).
-        for chunk in remove.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!("DELETE FROM queue_items WHERE id IN ({placeholders})");
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.commit_queue(items, remove).await
     }
 
     async fn queue_items(&self, queue: &str, after: i64, limit: usize) -> Result<Vec<QueueItem>> {
@@ -1518,6 +1462,68 @@ mod tests {
                 .expect("ok")[..],
             [Enqueued::Accepted(_)]
         ));
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_gets_ids_in_order_and_depths_stay_exact() {
+        let (_dir, store) = new_store().await;
+        // More rows than one statement takes.
+        let batch: Vec<NewQueueItem> = (0..1_200)
+            .map(|n| {
+                let mut item = queued("collect.localhost", n, 1_201);
+                item.dedup = Some(format!("alice@localhost\nR-{n}"));
+                item
+            })
+            .collect();
+        let results = store.enqueue(&batch).await.expect("enqueued");
+        let ids: Vec<i64> = results
+            .iter()
+            .map(|r| match r {
+                Enqueued::Accepted(id) => *id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let stored = store
+            .queue_items("collect.localhost", 0, 2_000)
+            .await
+            .expect("items");
+        let by_id: Vec<(i64, String)> = stored
+            .iter()
+            .map(|i| (i.id, i.stanza_id.clone().unwrap_or_default()))
+            .collect();
+        let expected: Vec<(i64, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (*id, format!("R-{n}")))
+            .collect();
+        assert_eq!(by_id, expected);
+        // The quota sees the depth before the batch's deletions (they run
+        // after its inserts), and the remembered depth follows both.
+        let results = store
+            .queue_commit(&[queued("collect.localhost", 2_000, 1_201)], &ids[..2])
+            .await
+            .expect("committed");
+        assert!(
+            matches!(results[..], [Enqueued::Accepted(_)]),
+            "{results:?}"
+        );
+        let more: Vec<NewQueueItem> = (2_001..2_004)
+            .map(|n| queued("collect.localhost", n, 1_201))
+            .collect();
+        let results = store.enqueue(&more).await.expect("enqueued");
+        assert!(
+            matches!(
+                results[..],
+                [
+                    Enqueued::Accepted(_),
+                    Enqueued::Accepted(_),
+                    Enqueued::OverQuota
+                ]
+            ),
+            "{results:?}"
+        );
+        let depths = store.queue_depths().await.expect("depths");
+        assert_eq!(depths[0].depth, 1_201);
     }
 
     #[tokio::test]
