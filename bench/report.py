@@ -13,6 +13,7 @@ Inputs, all optional (missing ones are reported as such):
   <server>.server.json     pid, CPU affinity, threads, fd limit of the server
   <server>.commands.txt    the exact commands run
   tributary.processor.jsonl  CPU of `tributary process` per report step
+  latency-<scenario>.png, idle-rss.png  charts by `bench-plot` (linked, not read)
 """
 
 import argparse
@@ -177,12 +178,19 @@ def rss_mb(r, k):
     return None if v is None else v / 1024
 
 
-def rate_table(rows, limit, min_ach, unit, processor=None):
+def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None):
+    """One row per step. `accepted` names the acknowledgement whose latency
+    (accepted_p50/p99) gets a column; the report scenario's is implied by
+    `processor`, which adds the processor's CPU too."""
     head = ("| offered %s | achieved %s | count | lost / failed / conn. errors | p50 ms | p99 ms | p99.9 ms | max ms | "
             "server CPU s | CPU s / 100k | generator CPU s | server RSS MB before → after | p99 < %g ms, no loss |"
             % (unit, unit, limit))
     if processor is not None:
-        head = head + " accepted p50 / p99 ms | processor CPU s |"
+        accepted = accepted or "accepted"
+    if accepted is not None:
+        head = head + " %s p50 / p99 ms |" % accepted
+    if processor is not None:
+        head = head + " processor CPU s |"
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: num(r, "offered_rate") or 0):
         cells = [
@@ -194,8 +202,9 @@ def rate_table(rows, limit, min_ach, unit, processor=None):
             "%s → %s" % (fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb"))),
             "yes" if sustained(r, limit, min_ach) else "**no**",
         ]
-        if processor is not None:
+        if accepted is not None:
             cells.append("%s / %s" % (fmt(num(r, "accepted_p50_ms"), 2), fmt(num(r, "accepted_p99_ms"), 2)))
+        if processor is not None:
             p = processor.get(r.get("offered_rate"))
             cells.append(fmt(p.get("processor_cpu_s") if p else None, 2))
         out.append("| " + " | ".join(cells) + " |")
@@ -340,12 +349,34 @@ def main():
             rate(br and br.get("offered_rate")) if s == "tributary" else "n/a (Tributary only)"))
     w("")
 
+    mq = by("mosquitto", "mqtt")
+    if mq:
+        bm = best(mq, limit, min_ach)
+        w("Mosquitto (MQTT QoS 1 over TLS, publish → subscriber, acknowledged before any disk write): max "
+          "sustained **%s msg/s**%s; see “MQTT (Mosquitto) beside Tributary's reports” below." % (
+              rate(bm and bm.get("offered_rate")),
+              " (p99 %s ms, %s CPU s / 100k msgs)" % (fmt(num(bm, "p99_ms"), 2), fmt(cpu_per_100k(bm), 2)) if bm else ""))
+        w("")
+
     # ---------------------------------------------------------------- scenarios
+    md_dir = os.path.dirname(os.path.abspath(a.out))
+
+    def chart(name, what):
+        """Link a PNG written by bench-plot (crates/bench/src/plot.rs) into the results directory."""
+        path = os.path.relpath(os.path.join(os.path.abspath(R), name), md_dir).replace(os.sep, "/")
+        if os.path.isfile(os.path.join(R, name)):
+            w("![%s](%s)" % (what, path))
+        else:
+            w("_No chart: `%s` is missing (bench-plot did not run or failed; see bench/README.md)._" % path)
+        w("")
+
     def scenario_section(sc, title, text, lim, unit, servers):
         w("## %s" % title)
         w("")
         w(text)
         w("")
+        if any(by(s, sc) for s in servers):
+            chart("latency-%s.png" % sc, "%s: p99 and p50 latency against offered rate per server" % sc)
         anyrows = False
         for s in servers:
             rs = by(s, sc)
@@ -399,6 +430,8 @@ def main():
                 fmt(num(r, "p50_ms"), 2), fmt(num(r, "p99_ms"), 2),
                 fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb")),
                 fmt(rss_per_session(r), 1), fmt(num(r, "server_cpu_s"), 2)))
+        w("")
+        chart("idle-rss.png", "server RSS per idle session")
     else:
         w("_Not run%s._" % ("" if run.get("have_bench") else ": `tributary bench` was not available"))
     w("")
@@ -411,16 +444,77 @@ def main():
         "ejabberd and Prosody have no equivalent, so there is nothing to compare against." % params.get("report_clients", "?"),
         limit, "reports/s", ["tributary"])
 
-    w("## MQTT (Mosquitto)")
+    w("## Drain: a backlog delivered to a reconnecting processor (Tributary only)")
     w("")
-    if rows.get("mosquitto"):
-        L.extend(rate_table(rows["mosquitto"], limit, min_ach, "msg/s"))
+    drains = by("tributary", "drain")
+    if drains:
+        w("%s collectors queue `drain_rate × drain_seconds` reports (%s/s for %s s) while `tributary process` is "
+          "stopped; once the node has accepted (committed) them all, `tributary bench` starts the processor and "
+          "times until every report is confirmed back to its sender (XEP-0184 receipt, sent after the processor's "
+          "SQLite commit and routed after the node deleted the item). Confirmation times count from the "
+          "processor's start; the server CPU is the node's during the drain." % (
+              params.get("drain_clients", "?"), params.get("drain_rate", "?"), params.get("drain_seconds", "?")))
+        w("")
+        w("| backlog | accepted in | accepted/s | drained in | **drained/s** | confirmed | lost | duplicates | p50 / p99 confirmation after start | node CPU s during drain |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for r in drains:
+            backlog, fill, drain = num(r, "accepted_count"), num(r, "fill_s"), num(r, "drain_s")
+            w("| %s | %s s | %s | %s s | **%s** | %s | %s | %s | %s / %s ms | %s |" % (
+                fmt(backlog, 0), fmt(fill, 2), rate(backlog / fill if backlog and fill else None),
+                fmt(drain, 2), rate(num(r, "achieved_rate")), fmt(num(r, "count"), 0), fmt(num(r, "lost"), 0),
+                fmt(num(r, "duplicates"), 0), fmt(num(r, "p50_ms"), 0), fmt(num(r, "p99_ms"), 0),
+                fmt(num(r, "server_cpu_s"), 2)))
+    else:
+        w("_Not run._")
+    w("")
+
+    mqtt_rows = by("mosquitto", "mqtt")
+    w("## MQTT (Mosquitto) beside Tributary's reports")
+    w("")
+    if mqtt_rows:
+        w("%s MQTT 3.1.1 clients connect over TLS (the shared certificate, verified) with username and "
+          "password and a clean session; each subscribes at QoS 1 to its own topic and publishes QoS 1 messages "
+          "to the topic of another client chosen at random, at the offered total rate (open loop, the same "
+          "schedule as chat). Latency is publish → delivered to the subscriber (the p50/p99 columns); the "
+          "PUBACK column is publish → the broker's acknowledgement. Offered rates %s msg/s." % (
+              params.get("mqtt_clients", "?"), params.get("mqtt_rates", "?")))
+        w("")
+        chart("latency-mqtt.png", "mqtt: p99 and p50 latency against offered rate")
+        # The closest thing Tributary does: a report acknowledged by the node
+        # and then processed. Side by side, with what each acknowledgement means.
+        w("| server (scenario) | max sustained msg/s (p99 < %g ms, no loss) | p50 / p99 / p99.9 ms there | "
+          "acknowledgement | ack p50 / p99 ms there | server CPU s / 100k there |" % limit)
+        w("|---|---|---|---|---|---|")
+        for label, rs, ack in (
+                ("mosquitto (mqtt: publish → subscriber)", mqtt_rows,
+                 "PUBACK, sent **before** anything is written to disk"),
+                ("tributary (report: report → processed and confirmed)", by("tributary", "report"),
+                 "XEP-0198 `<a h/>`, sent **after** the report is committed (fsync) to the node's queue")):
+            if not rs:
+                w("| %s | not run | | %s | | |" % (label, ack))
+                continue
+            b = best(rs, limit, min_ach)
+            w("| %s | %s | %s | %s | %s | %s |" % (
+                label, rate(b and b.get("offered_rate")),
+                " / ".join(fmt(b and num(b, k), 2) for k in ("p50_ms", "p99_ms", "p999_ms")) if b else "–",
+                ack,
+                "%s / %s" % (fmt(num(b, "accepted_p50_ms"), 2), fmt(num(b, "accepted_p99_ms"), 2)) if b else "–",
+                fmt(b and cpu_per_100k(b), 2)))
+        w("")
+        w("### mosquitto")
+        w("")
+        b = best(mqtt_rows, limit, min_ach)
+        w("Max sustained: **%s msg/s** publish → subscriber (p99 < %g ms, no loss)." % (
+            rate(b and b.get("offered_rate")), limit))
+        w("")
+        L.extend(rate_table(mqtt_rows, limit, min_ach, "msg/s", accepted="PUBACK"))
         w("")
     else:
-        w("**Pending**: `tributary bench` has no `mqtt` scenario yet. The broker is installed, configured "
-          "(loopback, plain port %s and TLS port %s with the shared certificate, the same benchN/bench "
-          "accounts) and checked with a QoS 1 publish/subscribe over TLS on every run; `bench/run.sh` runs the "
-          "steps automatically once the generator lists an `mqtt` scenario." % (
+        w("_Not run%s._ The broker is installed, configured (loopback, plain port %s and TLS port %s with the "
+          "shared certificate, the same benchN/bench accounts) and checked with a QoS 1 publish/subscribe over "
+          "TLS on every run." % (
+              "" if run.get("have_bench") and mode != "check" else
+              (": set-up check only" if mode == "check" else ": `tributary bench` was not available"),
               params.get("ports", {}).get("mosquitto_mqtt", "?"), params.get("ports", {}).get("mosquitto_mqtts", "?")))
         w("")
     w("Durability differs from Tributary's and must be read next to any MQTT number: Mosquitto's persistence "
@@ -428,13 +522,6 @@ def main():
       "default; also written at clean exit), and it sends the QoS 1 **PUBACK before anything is written to disk**. "
       "A crash loses every message acknowledged since the last snapshot. Tributary acknowledges a report only "
       "after it is committed to its SQLite queue.")
-    w("")
-
-    # ---------------------------------------------------------------- charts
-    w("## Charts")
-    w("")
-    w("_Placeholder: PNG charts (latency percentiles against offered rate per scenario, CPU per 100k stanzas, "
-      "RSS per idle session) will be generated from `%s/*.jsonl` by a separate tool._" % os.path.relpath(R, os.path.dirname(a.out)))
     w("")
 
     # ---------------------------------------------------------------- notes
@@ -477,7 +564,8 @@ def main():
         "**Processes run as**: Tributary as root; ejabberd as `ejabberd` (ejabberdctl su's to it); Prosody as "
         "`prosody` (it refuses root; started with `setpriv`); Mosquitto starts as root and drops to `mosquitto`.",
         "**CPU and RSS** are those of the server process (`--server-pid`: Tributary's `tributary serve`, ejabberd's "
-        "`beam.smp`, Prosody's `lua` process); the Tributary processor in the report scenario is measured separately.",
+        "`beam.smp`, Prosody's `lua` process, Mosquitto's `mosquitto` process); the Tributary processor in the report "
+        "scenario is measured separately.",
     ]
     for s in present:
         c = checks.get(s) or {}

@@ -18,6 +18,7 @@ RUN=$BENCH_DIR/run
 CONFIGS=$BENCH_DIR/configs
 TRIB=$REPO/target/release/tributary
 BENCH_BIN=${BENCH_BIN:-$TRIB}            # the load generator: `$BENCH_BIN bench SCENARIO ...`
+PLOT=$REPO/target/release/bench-plot     # PNG charts for RESULTS.md (crates/bench/src/plot.rs)
 
 # --------------------------------------------------------------------------
 # Parameters (each may be overridden from the environment: CHAT_RATES="..." bench/run.sh)
@@ -70,7 +71,14 @@ IDLE_DURATION=${IDLE_DURATION:-30}
 REPORT_CLIENTS=${REPORT_CLIENTS:-1000}
 REPORT_RATES=${REPORT_RATES:-"1000 5000 10000 20000"}
 REPORT_SM=${REPORT_SM:---sm}
-# mqtt (only if `tributary bench` has an mqtt scenario): QoS 1 publishes.
+# drain (Tributary only): DRAIN_CLIENTS send DRAIN_RATE reports/s for
+# DRAIN_SECONDS with the processor stopped (the backlog: rate x seconds),
+# then `tributary bench` starts the processor and times the delivery.
+DRAIN_CLIENTS=${DRAIN_CLIENTS:-100}
+DRAIN_RATE=${DRAIN_RATE:-5000}
+DRAIN_SECONDS=${DRAIN_SECONDS:-20}
+# mqtt (Mosquitto, over TLS on MQTTS_PORT): QoS 1 publishes between the
+# clients, each to its own topic; PUBACK and delivery latency.
 MQTT_CLIENTS=${MQTT_CLIENTS:-1000}
 MQTT_RATES=${MQTT_RATES:-"1000 5000 10000 20000"}
 
@@ -95,6 +103,7 @@ if [ "$MODE" = quick ]; then
     IDLE_CLIENTS=200; IDLE_CONNECT_RATE=100; IDLE_DURATION=3
     REPORT_CLIENTS=50; REPORT_RATES="200 1000"
     MQTT_CLIENTS=50;  MQTT_RATES="200 1000"
+    DRAIN_CLIENTS=50; DRAIN_RATE=1000; DRAIN_SECONDS=3
     DURATION=3; WARMUP=1
     RESULTS=$RUN/quick/results
     RESULTS_MD=$RUN/quick/RESULTS.md
@@ -107,7 +116,7 @@ else
 fi
 RESULTS=${RESULTS_DIR:-$RESULTS}         # override where results and RESULTS.md go
 RESULTS_MD=${RESULTS_MD_OUT:-$RESULTS_MD}
-NUSERS=$(printf '%s\n' "$CHAT_CLIENTS" "$LOGIN_CLIENTS" "$IDLE_CLIENTS" "$REPORT_CLIENTS" "$MQTT_CLIENTS" | sort -n | tail -1)
+NUSERS=$(printf '%s\n' "$CHAT_CLIENTS" "$LOGIN_CLIENTS" "$IDLE_CLIENTS" "$REPORT_CLIENTS" "$MQTT_CLIENTS" "$DRAIN_CLIENTS" | sort -n | tail -1)
 LAST_USER=$PREFIX$((NUSERS - 1))
 CERT=$RUN/tls/cert.pem
 KEY=$RUN/tls/key.pem
@@ -170,8 +179,8 @@ stop_server() { # name
             stop_pid "$RUN/prosody/prosody.pid"
             stop_pid "$RUN/prosody/launcher.pid";;
         mosquitto)
-            stop_pid "$RUN/mosquitto/launcher.pid"
-            rm -f "$RUN/mosquitto/mosquitto.pid";;
+            stop_pid "$RUN/mosquitto/mosquitto.pid"
+            stop_pid "$RUN/mosquitto/launcher.pid";;
     esac
 }
 
@@ -216,7 +225,7 @@ print("" if v is None else v)' "$1" "$2"
 # 1. Packages (reused when present) and the distro services they start
 # --------------------------------------------------------------------------
 install_packages() {
-    local pkgs=(ejabberd prosody mosquitto mosquitto-clients openssl util-linux procps python3 erlang-base)
+    local pkgs=(ejabberd prosody mosquitto mosquitto-clients openssl util-linux procps python3 erlang-base fonts-dejavu-core)
     local missing=() p
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -454,7 +463,20 @@ start_mosquitto() {
     echo $! > "$d/launcher.pid"        # mosquitto writes mosquitto.pid itself, as its own user
     record_cmd mosquitto "taskset -c $SERVER_CPU mosquitto -c $d/mosquitto.conf"
     wait_port "$MQTTS_PORT" "$(cat "$d/launcher.pid")" 30 || { cat "$d/stdout.log" "$d/mosquitto.log"; die "mosquitto did not start"; }
-    SERVER_PID=$(cat "$d/launcher.pid")
+    # --server-pid must be the broker itself (its CPU and RSS are sampled).
+    # setsid and taskset exec in place here, so the launcher's pid is
+    # normally the broker's; mosquitto.pid, written by the broker once it
+    # has dropped to its user, says so for sure. Checked by name.
+    local pid="" i comm
+    for i in $(seq 50); do
+        pid=$(cat "$d/mosquitto.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && break
+        sleep 0.1
+    done
+    [ -n "$pid" ] || pid=$(cat "$d/launcher.pid")
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null || echo gone)
+    [ "$comm" = mosquitto ] || die "mosquitto: pid $pid is '$comm', not the broker"
+    SERVER_PID=$pid
     SERVER_PORT=$MQTTS_PORT
 }
 
@@ -505,7 +527,7 @@ BENCH_SCENARIOS=""
 detect_bench() {
     if [ -x "$BENCH_BIN" ] && "$BENCH_BIN" bench --help > "$RUN/logs/bench-help.txt" 2>&1; then
         HAVE_BENCH=1
-        BENCH_SCENARIOS=$(grep -Eow 'chat|report|login|idle|mqtt' "$RUN/logs/bench-help.txt" | sort -u | tr '\n' ' ')
+        BENCH_SCENARIOS=$(grep -Eow 'chat|report|login|idle|mqtt|drain' "$RUN/logs/bench-help.txt" | sort -u | tr '\n' ' ')
         info "tributary bench found; scenarios mentioned in its help: $BENCH_SCENARIOS"
     else
         info "tributary bench not available in $BENCH_BIN: load scenarios are skipped"
@@ -609,6 +631,16 @@ run_scenarios() {
             if ! sustained tributary "$P99_LIMIT_MS"; then info "not sustained at $r/s: no higher rates"; break; fi
         done
     fi
+    if [ "$s" = tributary ] && has_scenario drain; then
+        local d=$RUN/tributary proc_cmd
+        log "tributary: drain, $((DRAIN_RATE * DRAIN_SECONDS)) reports queued by $DRAIN_CLIENTS clients with the processor stopped, then delivered"
+        stop_pid "$d/process.pid"
+        # A fresh reports table: the drain's rows are counted on their own.
+        rm -f "$d"/reports.db*
+        proc_cmd="env RUST_LOG=$LOG_LEVEL taskset -c $SERVER_CPU $TRIB process --server 127.0.0.1:$TRIB_COMPONENT_PORT --domain collect.$DOMAIN --secret $TRIB_COMPONENT_SECRET --db sqlite://$d/reports.db"
+        gen tributary drain --to "collect.$DOMAIN" --clients "$DRAIN_CLIENTS" --rate "$DRAIN_RATE" \
+            --duration "$DRAIN_SECONDS" --sm --drain-timeout 900 --processor-cmd "$proc_cmd" || info "drain failed"
+    fi
 }
 
 # --------------------------------------------------------------------------
@@ -627,8 +659,8 @@ fi
 log "mode: $MODE; servers: $SERVERS; users: $NUSERS; server on core $SERVER_CPU, generator on core $GEN_CPU"
 [ "$DO_INSTALL" = 1 ] && install_packages
 if [ "$DO_BUILD" = 1 ]; then
-    log "cargo build --release -p tributary"
-    (cd "$REPO" && cargo build --release -p tributary)
+    log "cargo build --release -p tributary -p tributary-bench --bins"
+    (cd "$REPO" && cargo build --release -p tributary -p tributary-bench --bins)
 fi
 [ -x "$TRIB" ] || die "$TRIB not built"
 
@@ -663,6 +695,7 @@ json.dump({"mode": mode, "servers": servers.split(), "date_utc": time.strftime("
                       "login_clients": $LOGIN_CLIENTS, "login_rates": "$LOGIN_RATES",
                       "idle_clients": $IDLE_CLIENTS, "idle_connect_rate": $IDLE_CONNECT_RATE, "idle_min_rate": $IDLE_MIN_RATE, "idle_duration_s": $IDLE_DURATION,
                       "report_clients": $REPORT_CLIENTS, "report_rates": "$REPORT_RATES", "report_sm": "$REPORT_SM",
+                      "drain_clients": $DRAIN_CLIENTS, "drain_rate": $DRAIN_RATE, "drain_seconds": $DRAIN_SECONDS,
                       "mqtt_clients": $MQTT_CLIENTS, "mqtt_rates": "$MQTT_RATES",
                       "ports": {"tributary": $TRIB_PORT, "ejabberd": $EJABBERD_PORT, "prosody": $PROSODY_PORT,
                                 "mosquitto_mqtt": $MQTT_PORT, "mosquitto_mqtts": $MQTTS_PORT}}},
@@ -694,11 +727,19 @@ check_mosquitto
 if [ "$MODE" != check ] && [ "$HAVE_BENCH" = 1 ] && has_scenario mqtt; then
     steps mosquitto mqtt "$P99_LIMIT_MS" "$MQTT_CLIENTS" "$MQTT_RATES"
 else
-    info "MQTT load: pending (no mqtt scenario in tributary bench); broker set up and checked only"
+    info "MQTT load: not run (check mode, or no mqtt scenario in tributary bench); broker set up and checked only"
 fi
 log "mosquitto: stop"
 stop_server mosquitto
 
+# Charts beside the JSON lines; report.py links each one that exists. A
+# failure here costs the charts only, not the measurements.
+log "charts: $PLOT --results $RESULTS --out $RESULTS"
+if [ -x "$PLOT" ]; then
+    "$PLOT" --results "$RESULTS" --out "$RESULTS" || info "bench-plot failed: RESULTS.md will have no charts"
+else
+    info "$PLOT not built (--no-build?): RESULTS.md will have no charts"
+fi
 log "writing $RESULTS_MD"
 python3 "$BENCH_DIR/report.py" --snapshot --results "$RESULTS" --out "$RESULTS_MD" --repo "$REPO"
 info "done: $RESULTS_MD"

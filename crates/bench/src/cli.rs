@@ -16,6 +16,13 @@ pub enum Scenario {
     Login,
     /// Hold idle sessions and measure the server's memory per session.
     Idle,
+    /// MQTT 3.1.1 over TLS against a broker (Mosquitto): QoS 1 publishes
+    /// between the clients (PUBACK and delivery latency).
+    Mqtt,
+    /// Reports queued while no processor is connected, then the time a
+    /// processor (`--processor-cmd`, started once all are accepted) takes
+    /// to take and confirm them all.
+    Drain,
 }
 
 impl Scenario {
@@ -25,18 +32,22 @@ impl Scenario {
             Scenario::Report => "report",
             Scenario::Login => "login",
             Scenario::Idle => "idle",
+            Scenario::Mqtt => "mqtt",
+            Scenario::Drain => "drain",
         }
     }
 }
 
-/// Load generator for any XMPP server (Tributary, ejabberd, Prosody):
-/// an open-loop schedule, latency from each stanza's scheduled send time.
+/// Load generator for any XMPP server (Tributary, ejabberd, Prosody), and
+/// for an MQTT broker (mqtt): an open-loop schedule, latency from each
+/// stanza's scheduled send time.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// chat | report | login | idle
+    /// chat | report | login | idle | mqtt
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// The server's client (STARTTLS) port, HOST:PORT.
+    /// The server's client (STARTTLS) port, HOST:PORT. mqtt: the broker's
+    /// TLS port, and HOST is the name its certificate must carry.
     #[arg(long)]
     pub server: String,
     /// The XMPP domain of the accounts.
@@ -77,6 +88,14 @@ pub struct BenchArgs {
     /// report: the processor's component domain.
     #[arg(long, default_value = "collect.localhost")]
     pub to: String,
+    /// drain: the shell command that starts the processor once the
+    /// backlog (--rate x --duration reports) is accepted; it is stopped
+    /// (SIGTERM) at the end.
+    #[arg(long)]
+    pub processor_cmd: Option<String>,
+    /// drain: seconds allowed for the processor to confirm the backlog.
+    #[arg(long, default_value_t = 600.0)]
+    pub drain_timeout: f64,
     /// Sample this server process's CPU time and memory (/proc) around the
     /// measured window.
     #[arg(long)]
@@ -107,6 +126,8 @@ impl BenchArgs {
             ca: None,
             insecure: false,
             to: "collect.localhost".into(),
+            processor_cmd: None,
+            drain_timeout: 600.0,
             server_pid: None,
             label: None,
             json: None,
@@ -197,5 +218,18 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["bench", "flood", "--server", "h:1"]).is_err());
+    }
+
+    #[test]
+    fn mqtt_takes_the_line_run_sh_gives_it() {
+        // bench/run.sh passes no --mechanism for mqtt.
+        let line = "bench mqtt --server 127.0.0.1:48883 --domain localhost --user-prefix bench \
+                    --password bench --ca cert.pem --server-pid 7 --label mosquitto \
+                    --json m.jsonl --clients 100 --rate 2000 --duration 5 --warmup 1";
+        let a = Cli::try_parse_from(line.split_whitespace())
+            .expect("parses")
+            .args;
+        assert_eq!(a.scenario, Scenario::Mqtt);
+        assert_eq!(a.scenario.name(), "mqtt");
     }
 }

@@ -7,9 +7,12 @@
 //! generator down and hide its own latency (no coordinated omission).
 //! Clients are plain XMPP clients ([`client`]): STARTTLS, SASL, bind,
 //! optionally XEP-0198. Results go to a table and JSON Lines ([`stats`]).
+//! The `mqtt` scenario drives an MQTT broker (Mosquitto) on the same
+//! schedule, with rumqttc over the same rustls configuration.
 
 pub mod cli;
 pub mod client;
+pub mod plot;
 mod scenarios;
 pub mod schedule;
 pub mod stats;
@@ -95,6 +98,8 @@ impl Ctx {
             server_pid: a.server_pid,
             resources: stats::Resources::default(),
             rss_per_session_kb: None,
+            fill_s: None,
+            drain_s: None,
         }
     }
 }
@@ -130,6 +135,8 @@ pub async fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         Scenario::Report => scenarios::report::run(ctx).await,
         Scenario::Login => scenarios::login::run(ctx).await,
         Scenario::Idle => scenarios::idle::run(ctx).await,
+        Scenario::Mqtt => scenarios::mqtt::run(ctx).await,
+        Scenario::Drain => scenarios::report::run(ctx).await,
     }
 }
 

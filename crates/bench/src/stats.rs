@@ -258,6 +258,11 @@ pub struct RunReport {
     pub resources: Resources,
     /// idle: (RSS with the sessions - RSS before) / sessions.
     pub rss_per_session_kb: Option<f64>,
+    /// drain: seconds from the first report sent to the last accepted.
+    pub fill_s: Option<f64>,
+    /// drain: seconds from starting the processor to the last report
+    /// confirmed.
+    pub drain_s: Option<f64>,
 }
 
 fn per_100k(cpu: Option<f64>, count: u64) -> Option<f64> {
@@ -333,6 +338,8 @@ impl RunReport {
             "rss_per_session_kb".into(),
             json!(self.rss_per_session_kb.map(round3)),
         );
+        m.insert("fill_s".into(), json!(self.fill_s.map(round3)));
+        m.insert("drain_s".into(), json!(self.drain_s.map(round3)));
         Value::Object(m)
     }
 
@@ -415,6 +422,12 @@ impl RunReport {
         }
         if let Some(c) = self.generator_cpu_per_100k() {
             notes.push(format!("generator CPU per 100k: {c:.2} s"));
+        }
+        if let (Some(fill), Some(drain)) = (self.fill_s, self.drain_s) {
+            notes.push(format!(
+                "backlog of {} accepted in {fill:.2} s; drained in {drain:.2} s",
+                self.accepted.as_ref().map_or(0, |a| a.count)
+            ));
         }
         if let Some(kb) = self.rss_per_session_kb {
             notes.push(format!("server RSS per session: {kb:.1} KiB"));
@@ -580,6 +593,8 @@ mod tests {
                 server_rss_after_kb: Some(20480),
             },
             rss_per_session_kb: None,
+            fill_s: None,
+            drain_s: None,
         }
     }
 

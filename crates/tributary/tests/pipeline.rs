@@ -378,3 +378,74 @@ async fn two_processors_share_the_load_and_killing_one_loses_nothing() {
         "the first processor's commits count: {by_second}"
     );
 }
+
+/// `tributary bench drain`, as bench/run.sh runs it: 10 clients queue
+/// 2,000 reports with no processor anywhere, then the bench starts
+/// `tributary process` and times the backlog's delivery. Every report is
+/// confirmed once and stored once.
+#[tokio::test]
+async fn the_drain_bench_delivers_a_backlog_queued_without_a_processor() {
+    let dir = tempfile::tempdir().expect("dir");
+    let node = Node::start_with_collectors(dir.path(), false, 10).await;
+    let db = dir.path().join("reports.db");
+    let url = format!("sqlite://{}", db.display());
+    let processor = std::iter::once(env!("CARGO_BIN_EXE_tributary").to_owned())
+        .chain(processor_args(&node.comp, &url, None))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let json = dir.path().join("drain.jsonl");
+    let status = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "bench",
+            "drain",
+            "--server",
+            &node.c2s,
+            "--user-prefix",
+            "c",
+            "--password",
+            "pw",
+            "--insecure",
+            "--sm",
+            "--to",
+            "collect.localhost",
+            "--clients",
+            "10",
+            "--rate",
+            "1000",
+            "--duration",
+            "2",
+            "--drain-timeout",
+            "60",
+            "--processor-cmd",
+            &processor,
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .expect("bench runs");
+    assert!(status.success());
+    let line = std::fs::read_to_string(&json).expect("JSON line");
+    let r: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
+    assert_eq!(r["scenario"], "drain");
+    assert_eq!(r["accepted_count"], 2000, "{r}");
+    assert_eq!(r["count"], 2000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    let (fill, drain) = (
+        r["fill_s"].as_f64().expect("fill"),
+        r["drain_s"].as_f64().expect("drain"),
+    );
+    assert!(fill >= 1.9 && drain > 0.0, "{r}");
+    let rate = r["achieved_rate"].as_f64().expect("rate");
+    // drain_s is rounded to the millisecond in the JSON.
+    let exact = 2000.0 / drain;
+    assert!((rate - exact).abs() < exact * 0.01, "{r}");
+    let rows = SqlProcessor::connect(&url)
+        .await
+        .expect("db")
+        .report_count()
+        .await
+        .expect("count");
+    assert_eq!(rows, 2000);
+}

@@ -1,10 +1,11 @@
-//! The four scenarios, and what they share: waiting for the common start,
+//! The scenarios, and what they share: waiting for the common start,
 //! stanza ids that carry the event number, duplicate detection, and the
 //! first errors worth showing.
 
 pub mod chat;
 pub mod idle;
 pub mod login;
+pub mod mqtt;
 pub mod report;
 
 use crate::client::{ClientError, Duplex, Incoming, Wake};
@@ -162,6 +163,30 @@ pub(crate) async fn wait_signals(
             Ok(Some(())) => got += 1,
             Ok(None) | Err(_) => return,
         }
+    }
+}
+
+/// Waits for the login report of each of `clients`; the first failure
+/// (or a client gone without one) is the run's error.
+pub(crate) async fn all_ready(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<(), BenchError>>,
+    clients: u64,
+) -> Result<(), BenchError> {
+    for _ in 0..clients {
+        match rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(BenchError::Task("a client ended before logging in".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Re-checks `done` every few milliseconds until it holds or `deadline`
+/// passes (for counters that other tasks advance).
+pub(crate) async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) {
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -4,6 +4,11 @@
 //! *accepted*, when the server's XEP-0198 `<a h/>` covers the report (an
 //! `<r/>` follows every batch written), and *processed*, when the
 //! processor's XEP-0184 `<received/>` for its id arrives.
+//!
+//! `drain` sends the same reports while no processor is connected, waits
+//! until all are accepted (the backlog), then starts the processor
+//! (`--processor-cmd`) and times how long it takes until every report is
+//! confirmed; *processed* latencies then count from the processor's start.
 
 use super::{
     join_all, parse_id, stanza_id, until_start, wait_signals, Errors, CLOSE_WAIT,
@@ -11,11 +16,11 @@ use super::{
 };
 use crate::client::{self, escape, ClientError, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Recorder, Window};
-use crate::{BenchError, Ctx, RunReport, GRACE};
+use crate::{BenchError, Ctx, RunReport, Scenario, GRACE};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
@@ -48,12 +53,39 @@ struct Shared {
     processed: Latencies,
     counters: Counters,
     errors: Errors,
+    drain: Option<Drain>,
 }
+
+/// What the clients of a `drain` run share.
+#[derive(Default)]
+struct Drain {
+    /// When the processor was started.
+    started: OnceLock<Instant>,
+    /// The last confirmation, in ns after `started`.
+    last_ns: AtomicU64,
+    /// Set when the run gives up waiting.
+    stop: AtomicBool,
+}
+
+/// How often a `drain` client looks at `Drain::stop`.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     if !ctx.args.sm {
         return Err(BenchError::Usage(
             "report needs --sm: a report is accepted when the server's <a h/> covers it".into(),
+        ));
+    }
+    let drain = ctx.args.scenario == Scenario::Drain;
+    if drain && ctx.args.processor_cmd.is_none() {
+        return Err(BenchError::Usage(
+            "drain needs --processor-cmd: the processor is started once the backlog is queued"
+                .into(),
+        ));
+    }
+    if drain && ctx.args.warmup > 0.0 {
+        return Err(BenchError::Usage(
+            "drain has no warm-up: every report is part of the backlog".into(),
         ));
     }
     let schedule = ctx.schedule;
@@ -64,6 +96,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         processed: Latencies::new(),
         counters: Counters::default(),
         errors: Errors::default(),
+        drain: drain.then(Drain::default),
         ctx: ctx.clone(),
     });
     let (start_tx, start_rx) = watch::channel(None);
@@ -98,14 +131,49 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     let start = Instant::now() + START_DELAY;
     let _ = start_tx.send(Some(start));
 
-    tokio::time::sleep_until(start + schedule.warmup()).await;
-    let window = Window::open(ctx.args.server_pid);
-    // Each client ends by itself once all its reports are processed, or
-    // at the deadline.
-    let deadline = start + schedule.end() + GRACE;
+    let mut fill_s = None;
+    let mut processor = None;
+    let (window, deadline) = match &shared.drain {
+        None => {
+            tokio::time::sleep_until(start + schedule.warmup()).await;
+            // Each client ends by itself once all its reports are
+            // processed, or at the deadline.
+            let window = Window::open(ctx.args.server_pid);
+            (window, start + schedule.end() + GRACE)
+        }
+        Some(d) => {
+            let total = schedule.measured_total();
+            super::wait_until(start + schedule.end() + GRACE, || {
+                shared.counters.accepted.load(Ordering::Relaxed) >= total
+            })
+            .await;
+            fill_s = Some(start.elapsed().as_secs_f64());
+            let cmd = ctx.args.processor_cmd.as_deref().unwrap_or_default();
+            // `exec`: the processor itself is the child, so stopping the
+            // child stops it.
+            let child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec {cmd}"))
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| BenchError::Usage(format!("cannot start the processor: {e}")))?;
+            let t0 = Instant::now();
+            let _ = d.started.set(t0);
+            processor = Some(child);
+            let window = Window::open(ctx.args.server_pid);
+            (window, t0 + Duration::from_secs_f64(ctx.args.drain_timeout))
+        }
+    };
     wait_signals(&mut done_rx, clients, deadline + Duration::from_secs(1)).await;
     let resources = window.close();
+    if let Some(d) = &shared.drain {
+        d.stop.store(true, Ordering::Relaxed);
+    }
     join_all(tasks).await?;
+    if let Some(mut child) = processor {
+        // A processor loses nothing when killed (docs/protocol.md).
+        let _ = child.kill().await;
+    }
     shared.errors.log();
 
     let c = &shared.counters;
@@ -123,6 +191,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         latency: shared.accepted.summary(),
     });
     report.achieved_rate = report.main.count as f64 / schedule.duration().as_secs_f64().max(1e-9);
+    if let Some(d) = &shared.drain {
+        let drain_s = d.last_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        report.achieved_rate = report.main.count as f64 / drain_s.max(1e-9);
+        report.fill_s = fill_s;
+        report.drain_s = Some(drain_s);
+    }
     report.duplicates = c.duplicates.load(Ordering::Relaxed);
     report.connection_errors = c.connection_errors.load(Ordering::Relaxed);
     report.resources = resources;
@@ -225,10 +299,15 @@ impl<'a> Sender<'a> {
     async fn run(mut self, d: &mut Duplex) -> Result<(), ClientError> {
         let ctx = &self.shared.ctx;
         let mut slots = ctx.schedule.client(self.k);
-        let deadline = self.start + ctx.schedule.end() + crate::GRACE;
+        let drain = self.shared.drain.as_ref();
+        let mut deadline = self.start + ctx.schedule.end() + crate::GRACE;
+        if drain.is_some() {
+            // The run decides when a drain is over (`Drain::stop`).
+            deadline += Duration::from_secs_f64(ctx.args.drain_timeout);
+        }
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || drain.is_some_and(|d| d.stop.load(Ordering::Relaxed)) {
                 return Ok(());
             }
             if now >= self.start {
@@ -260,6 +339,9 @@ impl<'a> Sender<'a> {
                 .min(deadline);
             if self.requests == 0 && !self.unacked.is_empty() {
                 next = next.min(self.last_request + ACK_POLL);
+            }
+            if drain.is_some() {
+                next = next.min(Instant::now() + STOP_POLL);
             }
             if d.wait(Some(next)).await? == Wake::Read {
                 let now = Instant::now();
@@ -341,7 +423,19 @@ impl<'a> Sender<'a> {
                 if failed {
                     c.failed.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    self.processed.record(self.latency(p, now));
+                    let latency = match self.shared.drain.as_ref() {
+                        Some(d) => {
+                            let since = d
+                                .started
+                                .get()
+                                .map_or(Duration::ZERO, |t0| now.saturating_duration_since(*t0));
+                            let ns = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+                            d.last_ns.fetch_max(ns, Ordering::Relaxed);
+                            since
+                        }
+                        None => self.latency(p, now),
+                    };
+                    self.processed.record(latency);
                     c.processed.fetch_add(1, Ordering::Relaxed);
                 }
             }
