@@ -265,6 +265,17 @@ def main():
         w("")
     w("Run: %s UTC, mode `%s`, servers: %s." % (run.get("date_utc", "?"), mode, ", ".join(run.get("servers", [])) or "?"))
     w("")
+    # `run.sh --servers X` replaces only X's results: say when each set was made.
+    made = []
+    for name in ALL:
+        steps = read_jsonl(os.path.join(R, name + ".jsonl"))
+        stamps = sorted(r["timestamp"] for r in steps if isinstance(r.get("timestamp"), str))
+        if stamps:
+            made.append("%s %s to %s" % (name, stamps[0], stamps[-1]))
+    if made:
+        w("Results in this directory, by server (first and last step, UTC): %s. The machine facts below "
+          "are from the latest run." % "; ".join(made))
+        w("")
     busy = run.get("cpu_busy_at_start_pct")
     if isinstance(busy, (int, float)) and busy >= 5:
         w("> **The machine was not idle**: just before the first server started, the cores were %.0f%% busy with "

@@ -32,15 +32,18 @@ SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 LOG_LEVEL=${LOG_LEVEL:-warn}            # every server logs at warning level (see RESULTS.md)
 
-# Ports on 127.0.0.1, away from the distro defaults (5222, 1883, ...).
-TRIB_PORT=${TRIB_PORT:-45222}
-TRIB_COMPONENT_PORT=${TRIB_COMPONENT_PORT:-45275}
+# Ports on 127.0.0.1, away from the distro defaults (5222, 1883, ...) and
+# below Linux's ephemeral range (32768-60999): thousands of generator
+# connections take ephemeral ports, and a server port among them can be
+# busy when its server starts (Prosody failed so once).
+TRIB_PORT=${TRIB_PORT:-15222}
+TRIB_COMPONENT_PORT=${TRIB_COMPONENT_PORT:-15275}
 TRIB_COMPONENT_SECRET=${TRIB_COMPONENT_SECRET:-bench-collect-secret}
 EJABBERD_PORT=${EJABBERD_PORT:-25222}
 EJABBERD_NODE=bench-ejabberd@localhost  # also in configs/ejabberdctl.cfg
-PROSODY_PORT=${PROSODY_PORT:-35222}
-MQTT_PORT=${MQTT_PORT:-41883}
-MQTTS_PORT=${MQTTS_PORT:-48883}
+PROSODY_PORT=${PROSODY_PORT:-26222}
+MQTT_PORT=${MQTT_PORT:-21883}
+MQTTS_PORT=${MQTTS_PORT:-28883}
 
 # Latency limit that defines "sustained" (with nothing lost or failed), and
 # when to stop raising the rate.
