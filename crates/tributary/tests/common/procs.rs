@@ -40,9 +40,17 @@ impl Drop for Proc {
     }
 }
 
+/// A port that is free now, below Linux's ephemeral range (32768-60999):
+/// the node binds it only later, and a port the kernel hands out (as
+/// `bind(0)` does) can meanwhile become the local port of one of the many
+/// client connections the tests open.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    loop {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), 20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn free_addr() -> String {
