@@ -3,7 +3,7 @@
 //! round trip to sqlx's SQLite worker thread and the writer's batches hold
 //! up to a thousand stanzas.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{count_from, unix_millis, SqliteStore};
 use crate::{Enqueued, NewQueueItem, Result};
@@ -77,16 +77,14 @@ impl SqliteStore {
         }
 
         let ids = insert_rows(&mut tx, &inserts).await?;
-        let mut first_of: HashMap<usize, bool> = HashMap::new();
+        let mut created: HashSet<usize> = HashSet::new();
         let out = plans
             .into_iter()
             .map(|plan| match plan {
                 Plan::Done(result) => result,
                 // The first request for a row created it; later ones merge.
-                Plan::Insert(n) => match first_of.insert(n, true) {
-                    None => Enqueued::Accepted(ids[n]),
-                    Some(_) => Enqueued::AlreadyQueued(ids[n]),
-                },
+                Plan::Insert(n) if created.insert(n) => Enqueued::Accepted(ids[n]),
+                Plan::Insert(n) => Enqueued::AlreadyQueued(ids[n]),
             })
             .collect();
 
@@ -132,9 +130,10 @@ async fn existing_keys<'i>(
             for key in chunk {
                 q = q.bind(*key);
             }
+            // Borrow each key from the batch rather than the row.
+            let batch_keys: HashSet<&'i str> = chunk.iter().copied().collect();
             for (key, id) in q.fetch_all(&mut **tx).await? {
-                // Borrow the key from the batch rather than the row.
-                if let Some(k) = chunk.iter().find(|k| **k == key) {
+                if let Some(k) = batch_keys.get(key.as_str()) {
                     found.insert((queue, *k), id);
                 }
             }
