@@ -456,7 +456,7 @@ impl Engine<'_> {
         let Some(sm) = self.sm.as_mut() else {
             return Err(Error::Unsupported("no stream management".into()));
         };
-        sm.on_send(el)
+        sm.on_send(Some(el))
             .map_err(|e| Error::Unsupported(format!("stream management: {e}")))?;
         if let Some(id) = &id {
             self.sent.insert(id.clone());

@@ -31,3 +31,4 @@ pub const DATA_FORMS: &str = "jabber:x:data";
 pub const ADMIN: &str = "http://jabber.org/protocol/admin";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const CSI: &str = "urn:xmpp:csi:0";
+pub const RECEIPTS: &str = "urn:xmpp:receipts";

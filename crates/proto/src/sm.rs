@@ -46,8 +46,10 @@ pub struct SmState {
     /// Outbound stanzas sent (the peer's `h` counts up to this).
     sent: u32,
     /// Sent and not yet acknowledged, oldest first: numbers
-    /// `sent - len + 1 ..= sent` (mod 2^32).
-    unacked: VecDeque<Element>,
+    /// `sent - len + 1 ..= sent` (mod 2^32). `None` for a stanza counted
+    /// but not kept: one whose copy is kept elsewhere (a component's
+    /// durable queue), so no clone is made only to be dropped at the ack.
+    unacked: VecDeque<Option<Element>>,
     max_unacked: usize,
     /// Stanzas sent since our last `<r/>`.
     since_request: u32,
@@ -80,16 +82,23 @@ impl SmState {
         self.sent
     }
 
-    /// Records an outbound stanza about to be written.
-    pub fn on_send(&mut self, el: Element) -> Result<(), SmError> {
+    /// Records an outbound stanza about to be written, keeping `el` until
+    /// it is acknowledged.
+    pub fn on_send(&mut self, el: Option<Element>) -> Result<(), SmError> {
+        self.check_room()?;
+        self.sent = self.sent.wrapping_add(1);
+        self.since_request = self.since_request.saturating_add(1);
+        self.unacked.push_back(el);
+        Ok(())
+    }
+
+    /// `Err` when one more stanza would exceed the unacked limit.
+    pub fn check_room(&self) -> Result<(), SmError> {
         if self.unacked.len() >= self.max_unacked {
             return Err(SmError::TooManyUnacked {
                 max: self.max_unacked,
             });
         }
-        self.sent = self.sent.wrapping_add(1);
-        self.since_request = self.since_request.saturating_add(1);
-        self.unacked.push_back(el);
         Ok(())
     }
 
@@ -108,15 +117,14 @@ impl SmState {
         self.unacked.len()
     }
 
-    /// Takes every unacknowledged stanza, oldest first (for resending on
-    /// resumption, or for offline storage when the session ends).
+    /// Takes every unacknowledged stanza that was kept, oldest first (for
+    /// resending on resumption, or for offline storage when the session
+    /// ends).
     pub fn take_unacked(&mut self) -> Vec<Element> {
-        let sent = self.sent;
-        let out: Vec<Element> = self.unacked.drain(..).collect();
         // Taken stanzas are resent (and counted again) or stored; the
         // counter restarts from the acknowledged position.
-        self.sent = sent.wrapping_sub(out.len() as u32);
-        out
+        self.sent = self.sent.wrapping_sub(self.unacked.len() as u32);
+        self.unacked.drain(..).flatten().collect()
     }
 
     /// Whether to ask for an ack now: `every` stanzas were sent since the
@@ -183,8 +191,12 @@ pub fn parse_h(el: &Element) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn m(n: u32) -> Element {
-        crate::stanza::element("message", crate::ns::CLIENT, &[("id", &n.to_string())])
+    fn m(n: u32) -> Option<Element> {
+        Some(crate::stanza::element(
+            "message",
+            crate::ns::CLIENT,
+            &[("id", &n.to_string())],
+        ))
     }
 
     #[test]
@@ -265,9 +277,27 @@ mod tests {
         );
         assert_eq!(s.sent(), 1);
         for e in resend {
-            s.on_send(e).expect("room");
+            s.on_send(Some(e)).expect("room");
         }
         assert_eq!(s.on_ack(3), Ok(2));
+    }
+
+    #[test]
+    fn stanzas_counted_but_not_kept_are_acked_alike_and_never_resent() {
+        let mut s = SmState::new("x".into(), true, 3);
+        s.on_send(m(1)).expect("room");
+        s.on_send(None).expect("room");
+        s.on_send(m(3)).expect("room");
+        assert_eq!(s.on_send(None), Err(SmError::TooManyUnacked { max: 3 }));
+        assert_eq!(s.on_ack(2), Ok(2));
+        s.on_send(None).expect("room");
+        assert_eq!(s.sent(), 4);
+        let resend = s.take_unacked();
+        assert_eq!(
+            resend.iter().map(|e| e.attr("id")).collect::<Vec<_>>(),
+            [Some("3")]
+        );
+        assert_eq!(s.sent(), 2, "rewound past the uncounted one as well");
     }
 
     #[test]

@@ -20,8 +20,9 @@
 use crate::limits::ReadRate;
 use crate::modules;
 use crate::node::Node;
+use crate::queue::QueuedStanza;
 use crate::router::{ComponentEntry, Outbound};
-use crate::stream::Outgoing;
+use crate::stream::{Outgoing, Peer};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,9 +36,9 @@ use tracing::Instrument;
 use tributary_proto::component::ComponentNegotiator;
 use tributary_proto::error::{StreamError, StreamErrorCondition};
 use tributary_proto::negotiation::Action;
-use tributary_proto::sm::{self, SmState};
+use tributary_proto::sm::{self, SmError, SmState};
+use tributary_proto::stanza;
 use tributary_proto::xml::Framer;
-use tributary_proto::{ns, stanza};
 
 const READ_CHUNK: usize = 8192;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,7 +48,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// how they are acknowledged (SM counts from `<enabled/>`, or answers)
 /// must be settled before the first one is written.
 const ENABLE_GRACE: Duration = Duration::from_millis(250);
-const RECEIPTS: &str = "urn:xmpp:receipts";
+/// Most stanzas taken from the connection's channel for one write: a
+/// backlog goes out in few large writes rather than one syscall each.
+const OUTBOUND_PER_WRITE: usize = 64;
 
 pub async fn run(node: Arc<Node>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
@@ -59,10 +62,6 @@ pub async fn run(node: Arc<Node>, tcp: TcpStream, peer: SocketAddr, shutdown: Ca
     }
     .instrument(span)
     .await
-}
-
-fn to_component_ns(el: Element) -> Element {
-    stanza::translate(el, ns::CLIENT, ns::COMPONENT_ACCEPT)
 }
 
 struct ComponentConn {
@@ -113,7 +112,7 @@ impl ComponentConn {
             outgoing: Outgoing::new(
                 sm_config.ack_request_every,
                 Duration::from_millis(sm_config.ack_request_delay_ms),
-                to_component_ns,
+                Peer::Component,
             ),
             conn_id: node.router.new_conn_id(),
             tx,
@@ -155,12 +154,19 @@ impl ComponentConn {
                         "too many stanzas waiting: the component is not reading",
                     )));
                 }
-                msg = self.rx.recv(), if connected => match msg {
-                    Some(Outbound::Stanza(el)) => self.emit(el),
-                    Some(Outbound::Queued { id, stanza }) => self.emit_queued(id, stanza),
-                    Some(Outbound::Close(err)) => self.close_with(Some(err)),
-                    None => self.closing = true,
-                },
+                msg = self.rx.recv(), if connected => {
+                    self.on_outbound(msg);
+                    // What else is waiting goes out in the same write.
+                    for _ in 1..OUTBOUND_PER_WRITE {
+                        if self.closing {
+                            break;
+                        }
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.on_outbound(Some(msg)),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(handshake_deadline), if !connected => {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                 }
@@ -199,23 +205,25 @@ impl ComponentConn {
         self.closing = true;
     }
 
+    fn on_outbound(&mut self, msg: Option<Outbound>) {
+        match msg {
+            Some(Outbound::Stanza(el)) => self.emit(el),
+            Some(Outbound::Queued { id, stanza }) => self.emit_queued(id, stanza),
+            Some(Outbound::Close(err)) => self.close_with(Some(err)),
+            None => self.closing = true,
+        }
+    }
+
     /// Writes a queued stanza and notes how it will be acknowledged.
-    fn emit_queued(&mut self, id: i64, el: Element) {
-        let answerable = match el.name() {
-            "message" => el.has_child("request", RECEIPTS),
-            "iq" => matches!(stanza::stanza_type(&el), Some("get" | "set")),
-            _ => false,
-        };
-        let key = match (answerable, stanza::from(&el), stanza::id(&el)) {
-            (true, Some(from), Some(sid)) => Some((from.to_owned(), sid.to_owned())),
-            _ => None,
-        };
+    fn emit_queued(&mut self, id: i64, queued: QueuedStanza) {
         let sm = self.outgoing.sm.is_some();
         if sm {
             self.sm_ids.push_back(Some(id));
         }
-        self.write(el);
-        match key {
+        if let Err(e) = self.outgoing.emit_serialized(queued.text.as_bytes()) {
+            self.overflowed(e);
+        }
+        match queued.answer_to {
             Some(key) => {
                 self.answerable.insert(key, (id, !sm));
             }
@@ -268,30 +276,22 @@ impl ComponentConn {
                 // no-op; one kept offline may never reach a sender that
                 // started afresh. A detached session counts: it resumes
                 // with the answer, or ends and hands it to
-                // `modules::components::undelivered`.
-                let live = |answer: &Element| {
-                    stanza::to_jid(answer).ok().flatten().is_some_and(|to| {
-                        match (to.node(), to.resource()) {
-                            (Some(user), Some(resource)) => node
-                                .router
-                                .session(user.as_str(), resource.as_str())
-                                .is_some(),
-                            _ => false,
-                        }
-                    })
-                };
-                node.queues.not_delivered(
-                    &domain,
-                    answers
-                        .iter()
-                        .filter(|(answer, _)| !live(answer))
-                        .filter_map(|(_, k)| k.as_deref()),
-                );
-                for (answer, _) in answers {
-                    if let Some(err) = modules::from_component(&node, answer).await {
+                // `modules::components::undelivered`. Judged by where each
+                // answer went, not by a look at the sessions beforehand:
+                // a sender binding meanwhile would get an answer whose
+                // copies count as new.
+                let mut missed = Vec::new();
+                for (answer, key) in answers {
+                    let routed = modules::from_component(&node, answer).await;
+                    if let Some(err) = routed.reply {
                         tracing::debug!(error = %stanza::to_string(&err), "an answer was not delivered");
                     }
+                    if !routed.reached_session {
+                        missed.extend(key);
+                    }
                 }
+                node.queues
+                    .not_delivered(&domain, missed.iter().map(String::as_str));
             }
             .instrument(self.span.clone()),
         );
@@ -323,13 +323,17 @@ impl ComponentConn {
 
     fn write(&mut self, el: Element) {
         if let Err(e) = self.outgoing.emit(el) {
-            tracing::warn!("{e}; closing the component stream");
-            if !self.closing {
-                self.close_with(Some(StreamError::with_text(
-                    StreamErrorCondition::PolicyViolation,
-                    "too many unacknowledged stanzas",
-                )));
-            }
+            self.overflowed(e);
+        }
+    }
+
+    fn overflowed(&mut self, e: SmError) {
+        tracing::warn!("{e}; closing the component stream");
+        if !self.closing {
+            self.close_with(Some(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many unacknowledged stanzas",
+            )));
         }
     }
 
@@ -373,7 +377,7 @@ impl ComponentConn {
                     // A held answer counts as handled: if it is lost, its
                     // stanza comes back from the queue and is answered again.
                     if !self.hold_answer(&el) {
-                        if let Some(reply) = modules::from_component(&self.node, el).await {
+                        if let Some(reply) = modules::from_component(&self.node, el).await.reply {
                             self.emit(reply);
                         }
                     }

@@ -12,7 +12,7 @@ use crate::limits::ReadRate;
 use crate::modules::{self, blocking, presence, Session};
 use crate::node::Node;
 use crate::router::{BindRequest, Outbound};
-use crate::stream::Outgoing;
+use crate::stream::{Outgoing, Peer};
 use minidom::Element;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -203,7 +203,7 @@ impl Conn {
         let outgoing = Outgoing::new(
             sm_config.ack_request_every,
             Duration::from_millis(sm_config.ack_request_delay_ms),
-            |el| el,
+            Peer::Client,
         );
         Conn {
             negotiator: C2sNegotiator::new(settings),
@@ -299,8 +299,8 @@ impl Conn {
                     }
                 }
                 msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => match msg {
-                    // Queue items are only ever sent to components.
-                    Some(Outbound::Stanza(el) | Outbound::Queued { stanza: el, .. }) => self.deliver_to_client(el),
+                    Some(Outbound::Stanza(el)) => self.deliver_to_client(el),
+                    Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
                     Some(Outbound::Close(err)) => self.close_with(Some(err)),
                     None => self.closing = true,
                 },
@@ -814,7 +814,8 @@ impl Conn {
                     None => return,
                 },
                 msg = recv_opt(self.rx.as_mut()) => match msg {
-                    Some(Outbound::Stanza(el) | Outbound::Queued { stanza: el, .. }) => {
+                    Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
+                    Some(Outbound::Stanza(el)) => {
                         let Some(b) = self.bound.as_mut() else { return };
                         b.pending.push_back(el);
                         let held = b.pending.len() + self.outgoing.unacked_len();
@@ -900,4 +901,10 @@ fn link_security(conn: &rustls::ServerConnection) -> LinkSecurity {
         tls: true,
         tls_exporter: exporter,
     }
+}
+
+/// Queue items are handed only to component connections (`crate::queue`
+/// attaches no other); one here would be a bug, and it stays queued.
+fn queue_item_to_client(id: i64) {
+    tracing::error!(id, "a component's queue item reached a client connection");
 }

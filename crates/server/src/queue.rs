@@ -31,7 +31,8 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tributary_store::{Enqueued, NewQueueItem, QueueItem, Store};
+use tributary_proto::{ns, stanza};
+use tributary_store::{Enqueued, NewQueueItem, QueueItem, QueuedForm, Store};
 
 /// Most enqueue requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -103,6 +104,56 @@ fn with_recent<R>(
     let recent = answered.get(domain)?;
     let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
     Some(f(&mut recent))
+}
+
+/// A queue item as a component connection writes it. Items are stored in
+/// this form, so handing one out parses no XML.
+#[derive(Debug)]
+pub struct QueuedStanza {
+    /// Serialised in `jabber:component:accept`, written as is.
+    pub text: String,
+    /// The sender's full JID and the stanza's id when the processor
+    /// answers it (see [`answerable`]): that answer settles the item.
+    pub answer_to: Option<(String, String)>,
+}
+
+impl QueuedStanza {
+    fn from_item(item: QueueItem) -> Result<QueuedStanza, minidom::Error> {
+        match item.form {
+            QueuedForm::Accept { answerable } => Ok(QueuedStanza {
+                text: item.stanza,
+                answer_to: match (answerable, item.stanza_id) {
+                    (true, Some(id)) => Some((item.sender, id)),
+                    _ => None,
+                },
+            }),
+            QueuedForm::Client => {
+                let el: Element = item.stanza.parse()?;
+                let answer_to = match (answerable(&el), stanza::from(&el), stanza::id(&el)) {
+                    (true, Some(from), Some(id)) => Some((from.to_owned(), id.to_owned())),
+                    _ => None,
+                };
+                Ok(QueuedStanza {
+                    text: stanza::to_string(&to_accept_ns(el)),
+                    answer_to,
+                })
+            }
+        }
+    }
+}
+
+/// Whether a processor answers this stanza (an XEP-0184 receipt request,
+/// an iq get or set); the answer then acknowledges it.
+pub fn answerable(el: &Element) -> bool {
+    match el.name() {
+        "message" => el.has_child("request", ns::RECEIPTS),
+        "iq" => matches!(stanza::stanza_type(el), Some("get" | "set")),
+        _ => false,
+    }
+}
+
+fn to_accept_ns(el: Element) -> Element {
+    stanza::translate(el, ns::CLIENT, ns::COMPONENT_ACCEPT)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +285,8 @@ impl Queues {
             queue,
             sender: sender.to_owned(),
             stanza_id: stanza_id.map(str::to_owned),
-            stanza: tributary_proto::stanza::to_string(stanza),
+            stanza: stanza::to_string(&to_accept_ns(stanza.clone())),
+            answerable: answerable(stanza) && stanza::from(stanza).is_some() && stanza_id.is_some(),
             dedup,
             quota,
         };
@@ -298,7 +350,10 @@ async fn write(
     answered: Answered,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut enqueues = Vec::new();
+        // Items and their replies apart: the items go to the store as a
+        // slice, without a copy.
+        let mut items = Vec::new();
+        let mut replies = Vec::new();
         let mut remove = Vec::new();
         let mut removed = Vec::new();
         let mut next = Some(first);
@@ -308,7 +363,10 @@ async fn write(
                 WriteRequest::Enqueue(r) if recently_answered(&answered, &r.item) => {
                     let _ = r.reply.send(Ok(Enqueued::AlreadyAnswered));
                 }
-                WriteRequest::Enqueue(r) => enqueues.push(r),
+                WriteRequest::Enqueue(r) => {
+                    items.push(r.item);
+                    replies.push(r.reply);
+                }
                 WriteRequest::Remove { ids, removed: tell } => {
                     remove.extend(ids);
                     removed.extend(tell);
@@ -319,19 +377,17 @@ async fn write(
                 next = rx.try_recv().ok();
             }
         }
-        let items: Vec<NewQueueItem> = enqueues.iter().map(|r| r.item.clone()).collect();
         match store.queue_commit(&items, &remove).await {
             Ok(results) => {
                 let mut woken = HashSet::new();
-                for (req, result) in enqueues.into_iter().zip(results) {
-                    if matches!(result, Enqueued::Accepted(_))
-                        && woken.insert(req.item.queue.clone())
+                for ((item, reply), result) in items.iter().zip(replies).zip(results) {
+                    if matches!(result, Enqueued::Accepted(_)) && woken.insert(item.queue.as_str())
                     {
-                        if let Some(d) = dispatchers.get(&req.item.queue) {
+                        if let Some(d) = dispatchers.get(&item.queue) {
                             let _ = d.send(Event::Wake);
                         }
                     }
-                    let _ = req.reply.send(Ok(result));
+                    let _ = reply.send(Ok(result));
                 }
             }
             Err(e) => {
@@ -343,8 +399,8 @@ async fn write(
                     remove.len()
                 );
                 let text = e.to_string();
-                for req in enqueues {
-                    let _ = req.reply.send(Err(QueueError::Store(text.clone())));
+                for reply in replies {
+                    let _ = reply.send(Err(QueueError::Store(text.clone())));
                 }
             }
         }
@@ -486,18 +542,16 @@ async fn hand_out(
             continue;
         }
         let Some(item) = ready.pop_front() else { break };
-        let el: Element = match item.stanza.parse() {
-            Ok(el) => el,
+        let id = item.id;
+        let queued = match QueuedStanza::from_item(item.clone()) {
+            Ok(queued) => queued,
             Err(e) => {
-                tracing::error!(%domain, id = item.id, "dropping an unreadable queued stanza: {e}");
-                let _ = store.queue_remove(&[item.id]).await;
+                tracing::error!(%domain, id, "dropping an unreadable queued stanza: {e}");
+                let _ = store.queue_remove(&[id]).await;
                 continue;
             }
         };
-        match slot.tx.try_send(Outbound::Queued {
-            id: item.id,
-            stanza: el,
-        }) {
+        match slot.tx.try_send(Outbound::Queued { id, stanza: queued }) {
             Ok(()) => {
                 slot.in_flight += 1;
                 assigned.insert(item.id, (slot.conn_id, item));
@@ -581,6 +635,60 @@ mod tests {
 
         queues.not_delivered("reports.localhost", [KEY]);
         assert!(matches!(copy(&queues).await, Enqueued::Accepted(i) if i > first));
+    }
+
+    fn stored(stanza: &str, form: QueuedForm) -> QueueItem {
+        QueueItem {
+            id: 7,
+            queue: "reports.localhost".into(),
+            sender: "alice@localhost/phone".into(),
+            stanza_id: Some("R-1".into()),
+            stanza: stanza.into(),
+            form,
+            enqueued_at: 0,
+        }
+    }
+
+    #[test]
+    fn items_are_handed_out_in_the_component_namespace_in_either_stored_form() {
+        let alice = Some(("alice@localhost/phone".to_owned(), "R-1".to_owned()));
+        // As stored before migration 0004: parsed and rewritten.
+        let old = stored(&stanza::to_string(&report()), QueuedForm::Client);
+        let old = QueuedStanza::from_item(old).expect("readable");
+        let el: Element = old.text.parse().expect("xml");
+        assert!(el.has_ns(ns::COMPONENT_ACCEPT));
+        assert!(el.has_child("request", ns::RECEIPTS));
+        assert_eq!(old.answer_to, alice);
+        // As stored now: the text as is.
+        let text = stanza::to_string(&to_accept_ns(report()));
+        let new = stored(&text, QueuedForm::Accept { answerable: true });
+        let new = QueuedStanza::from_item(new).expect("readable");
+        assert_eq!((new.text, new.answer_to), (text.clone(), alice));
+        let unanswered = stored(&text, QueuedForm::Accept { answerable: false });
+        assert_eq!(
+            QueuedStanza::from_item(unanswered)
+                .expect("readable")
+                .answer_to,
+            None
+        );
+        let broken = stored("<message", QueuedForm::Client);
+        assert!(QueuedStanza::from_item(broken).is_err());
+    }
+
+    #[test]
+    fn answered_stanzas_are_receipt_requests_and_iq_requests() {
+        let parse = |s: &str| s.parse::<Element>().expect("xml");
+        assert!(answerable(&report()));
+        assert!(!answerable(&parse(
+            "<message xmlns='jabber:client' id='1'/>"
+        )));
+        assert!(answerable(&parse(
+            "<iq xmlns='jabber:client' type='get' id='1'/>"
+        )));
+        assert!(!answerable(&parse(
+            "<iq xmlns='jabber:client' type='result' id='1'/>"
+        )));
+        assert!(!answerable(&parse("<presence xmlns='jabber:client'/>")));
     }
 
     #[test]

@@ -22,9 +22,10 @@ use tributary_proto::negotiation::BindError;
 pub enum Outbound {
     Stanza(Element),
     /// An item of a component's durable queue, to acknowledge by its id.
+    /// Only ever sent to component connections.
     Queued {
         id: i64,
-        stanza: Element,
+        stanza: crate::queue::QueuedStanza,
     },
     /// Close the stream with this error (resource conflict, account deleted).
     Close(StreamError),

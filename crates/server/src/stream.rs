@@ -6,7 +6,19 @@
 use minidom::Element;
 use std::time::{Duration, Instant};
 use tributary_proto::sm::{self, SmError, SmState};
-use tributary_proto::stanza;
+use tributary_proto::{ns, stanza};
+
+/// Who is on the other end, which decides how stanzas are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A client: stanzas in `jabber:client`, each kept until acknowledged
+    /// so it can be resent on resumption or stored when the session ends.
+    Client,
+    /// A component: stanzas in `jabber:component:accept`, counted but not
+    /// kept; its queue items are redelivered from the queue by id, and a
+    /// component link is never resumed.
+    Component,
+}
 
 #[derive(Debug)]
 pub struct Outgoing {
@@ -22,12 +34,11 @@ pub struct Outgoing {
     ack_requested: bool,
     ack_every: u32,
     ack_delay: Duration,
-    /// Rewrites a stanza for this stream's content namespace.
-    translate: fn(Element) -> Element,
+    peer: Peer,
 }
 
 impl Outgoing {
-    pub fn new(ack_every: u32, ack_delay: Duration, translate: fn(Element) -> Element) -> Outgoing {
+    pub fn new(ack_every: u32, ack_delay: Duration, peer: Peer) -> Outgoing {
         Outgoing {
             out: Vec::new(),
             sm: None,
@@ -36,7 +47,7 @@ impl Outgoing {
             ack_requested: false,
             ack_every,
             ack_delay,
-            translate,
+            peer,
         }
     }
 
@@ -44,23 +55,39 @@ impl Outgoing {
         self.out.extend_from_slice(bytes);
     }
 
-    /// Writes a stanza, keeping it until acknowledged when SM is on.
-    /// `Err` when the unacked queue is full: the stanza is in `overflow`
-    /// and the stream must be closed.
+    /// Writes a stanza, counting it (and, to a client, keeping it until
+    /// acknowledged) when SM is on. `Err` when the unacked queue is full:
+    /// a client's stanza is in `overflow` and the stream must be closed.
     pub fn emit(&mut self, el: Element) -> Result<(), SmError> {
-        let el = (self.translate)(el);
+        let el = match self.peer {
+            Peer::Client => el,
+            Peer::Component => stanza::translate(el, ns::CLIENT, ns::COMPONENT_ACCEPT),
+        };
+        let bytes = stanza::to_bytes(&el);
+        self.send(&bytes, Some(el))
+    }
+
+    /// Writes a stanza serialised for this stream already (a component's
+    /// queue item, stored as the component is sent it).
+    pub fn emit_serialized(&mut self, bytes: &[u8]) -> Result<(), SmError> {
+        self.send(bytes, None)
+    }
+
+    fn send(&mut self, bytes: &[u8], el: Option<Element>) -> Result<(), SmError> {
+        let keep = el.filter(|_| self.peer == Peer::Client);
         let mut ask = false;
         if let Some(sm) = self.sm.as_mut() {
-            if let Err(e) = sm.on_send(el.clone()) {
-                self.overflow.push(el);
+            if let Err(e) = sm.check_room() {
+                self.overflow.extend(keep);
                 return Err(e);
             }
+            sm.on_send(keep)?;
             ask = sm.should_request(self.ack_every);
             if self.oldest_unacked.is_none() {
                 self.oldest_unacked = Some(Instant::now());
             }
         }
-        self.out.extend_from_slice(&stanza::to_bytes(&el));
+        self.out.extend_from_slice(bytes);
         if ask {
             self.request_ack();
         }
@@ -137,7 +164,6 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tributary_proto::ns;
 
     fn msg(id: &str) -> Element {
         stanza::element("message", ns::CLIENT, &[("id", id)])
@@ -145,7 +171,7 @@ mod tests {
 
     #[test]
     fn without_sm_stanzas_are_just_written() {
-        let mut o = Outgoing::new(2, Duration::from_secs(1), |e| e);
+        let mut o = Outgoing::new(2, Duration::from_secs(1), Peer::Client);
         o.emit(msg("1")).expect("written");
         assert!(
             String::from_utf8_lossy(&o.out).contains("id=\"1\"")
@@ -157,7 +183,7 @@ mod tests {
 
     #[test]
     fn with_sm_stanzas_are_kept_and_acks_requested() {
-        let mut o = Outgoing::new(2, Duration::from_secs(5), |e| e);
+        let mut o = Outgoing::new(2, Duration::from_secs(5), Peer::Client);
         o.sm = Some(SmState::new("id".into(), false, 3));
         o.emit(msg("1")).expect("kept");
         assert!(o.ack_due().is_some());
@@ -172,5 +198,20 @@ mod tests {
         assert!(o.emit(msg("6")).is_err());
         assert_eq!(o.overflow.len(), 1);
         assert_eq!(o.take_unacked().len(), 3);
+    }
+
+    #[test]
+    fn to_a_component_stanzas_are_translated_and_counted_but_not_kept() {
+        let mut o = Outgoing::new(10, Duration::from_secs(5), Peer::Component);
+        o.sm = Some(SmState::new("id".into(), false, 2));
+        o.emit(msg("1")).expect("counted");
+        let written: Element = String::from_utf8_lossy(&o.out).parse().expect("xml");
+        assert!(written.has_ns(ns::COMPONENT_ACCEPT));
+        o.emit_serialized(b"<message xmlns='jabber:component:accept' id='2'/>")
+            .expect("counted");
+        assert!(o.emit(msg("3")).is_err(), "the unacked limit still holds");
+        assert!(o.overflow.is_empty());
+        assert_eq!(o.unacked_len(), 2);
+        assert!(o.take_unacked().is_empty());
     }
 }

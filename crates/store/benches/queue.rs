@@ -43,7 +43,7 @@ impl Items {
                 let id = format!("R-1764064800000-3f2a9c41d07be865-{}", self.next);
                 let sender = format!("collector{k}@localhost/tributary-5e1f0c9a2b7d4e83");
                 let stanza = format!(
-                    "<message xmlns=\"jabber:client\" from=\"{sender}\" id=\"{id}\" to=\"{QUEUE}\">\
+                    "<message xmlns=\"jabber:component:accept\" from=\"{sender}\" id=\"{id}\" to=\"{QUEUE}\">\
                      <report xmlns=\"urn:tributary:report:0\" at=\"2026-11-25T10:00:00Z\" id=\"{id}\" kind=\"meter.reading\">\
                      <json xmlns=\"urn:xmpp:json:0\">{{\"meter\":\"A-{k}\",\"kwh\":{kwh}.5,\"v\":231.2}}</json>\
                      </report><request xmlns=\"urn:xmpp:receipts\"/></message>",
@@ -55,6 +55,7 @@ impl Items {
                     sender,
                     stanza_id: Some(id),
                     stanza,
+                    answerable: true,
                     quota: QUOTA,
                 }
             })

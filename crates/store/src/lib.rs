@@ -80,12 +80,26 @@ pub struct NewQueueItem {
     pub queue: String,
     pub sender: String,
     pub stanza_id: Option<String>,
+    /// The stanza as the component is sent it (`jabber:component:accept`).
     pub stanza: String,
+    /// Whether the processor answers it (receipt request, iq get/set), so
+    /// the item is settled by that answer.
+    pub answerable: bool,
     /// Makes a second copy a no-op while the first one is queued (sender
     /// bare JID and stanza id); `None` queues every copy.
     pub dedup: Option<String>,
     /// Most items the queue may hold; this one is refused beyond it.
     pub quota: u64,
+}
+
+/// How a queue item's stanza is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuedForm {
+    /// As the component is sent it; `answerable` as given at enqueue.
+    Accept { answerable: bool },
+    /// In `jabber:client`, as items were stored before migration 0004:
+    /// parsed and rewritten when handed out.
+    Client,
 }
 
 /// A stored queue item.
@@ -96,6 +110,8 @@ pub struct QueueItem {
     pub sender: String,
     pub stanza_id: Option<String>,
     pub stanza: String,
+    /// How `stanza` is stored, and so how it is handed out.
+    pub form: QueuedForm,
     /// Unix time in milliseconds.
     pub enqueued_at: i64,
 }

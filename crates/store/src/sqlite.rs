@@ -28,9 +28,12 @@ use tributary_proto::scram::ScramKeys;
 mod queue;
 
 use crate::{
-    Credentials, Enqueued, NewQueueItem, OfflineStored, QueueDepth, QueueItem, Result, RosterItem,
-    Store, StoreError, Subscription,
+    Credentials, Enqueued, NewQueueItem, OfflineStored, QueueDepth, QueueItem, QueuedForm, Result,
+    RosterItem, Store, StoreError, Subscription,
 };
+
+/// id, sender, stanza_id, stanza, enqueued_at, form, answerable.
+type QueueRow = (i64, String, Option<String>, String, i64, i64, bool);
 
 /// SQLite serialises writers anyway; a few connections let reads proceed
 /// next to a write without holding many file handles open.
@@ -528,8 +531,8 @@ impl Store for SqliteStore {
     }
 
     async fn queue_items(&self, queue: &str, after: i64, limit: usize) -> Result<Vec<QueueItem>> {
-        let rows: Vec<(i64, String, Option<String>, String, i64)> = sqlx::query_as(
-            "SELECT id, sender, stanza_id, stanza, enqueued_at FROM queue_items \
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT id, sender, stanza_id, stanza, enqueued_at, form, answerable FROM queue_items \
              WHERE queue = ? AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(queue)
@@ -539,14 +542,20 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, sender, stanza_id, stanza, enqueued_at)| QueueItem {
-                id,
-                queue: queue.to_owned(),
-                sender,
-                stanza_id,
-                stanza,
-                enqueued_at,
-            })
+            .map(
+                |(id, sender, stanza_id, stanza, enqueued_at, form, answerable)| QueueItem {
+                    id,
+                    queue: queue.to_owned(),
+                    sender,
+                    stanza_id,
+                    stanza,
+                    form: match form {
+                        0 => QueuedForm::Client,
+                        _ => QueuedForm::Accept { answerable },
+                    },
+                    enqueued_at,
+                },
+            )
             .collect())
     }
 
@@ -1339,6 +1348,7 @@ mod tests {
             sender: "alice@localhost/phone".into(),
             stanza_id: Some(format!("R-{n}")),
             stanza: format!("<message id='R-{n}'/>"),
+            answerable: false,
             dedup: None,
             quota,
         }
@@ -1395,6 +1405,40 @@ mod tests {
                 .expect("items")
                 .len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn queued_items_come_back_in_the_form_they_were_stored() {
+        let (_dir, store) = new_store().await;
+        let mut answered = queued("collect.localhost", 1, 10);
+        answered.answerable = true;
+        store
+            .enqueue(&[answered, queued("collect.localhost", 2, 10)])
+            .await
+            .expect("enqueued");
+        // A row written before migration 0004 holds jabber:client text.
+        sqlx::query(
+            "INSERT INTO queue_items (queue, sender, stanza_id, stanza, enqueued_at) \
+             VALUES ('collect.localhost', 'alice@localhost/phone', 'R-3', '<message/>', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("old row");
+        let forms: Vec<QueuedForm> = store
+            .queue_items("collect.localhost", 0, 10)
+            .await
+            .expect("items")
+            .iter()
+            .map(|i| i.form)
+            .collect();
+        assert_eq!(
+            forms,
+            [
+                QueuedForm::Accept { answerable: true },
+                QueuedForm::Accept { answerable: false },
+                QueuedForm::Client
+            ]
         );
     }
 

@@ -4,7 +4,8 @@
 //! while no processor is connected. What components send is routed like
 //! any stanza.
 
-use super::{message, presence};
+use super::message::{self, Routed};
+use super::presence;
 use crate::node::Node;
 use crate::queue::{Commit, QueueError};
 use jid::Jid;
@@ -14,8 +15,6 @@ use tributary_proto::ns;
 use tributary_proto::routing::MessageType;
 use tributary_proto::stanza::{self, StanzaKind};
 use tributary_store::Enqueued;
-
-const RECEIPTS: &str = "urn:xmpp:receipts";
 
 /// Commits a stanza to the queue of the component serving `to`. `Err` is
 /// the condition the sender must be told.
@@ -130,7 +129,7 @@ fn dedup_key(el: &Element) -> Option<String> {
 pub fn answered_id(el: &Element) -> Option<&str> {
     match el.name() {
         "message" => el
-            .get_child("received", RECEIPTS)
+            .get_child("received", ns::RECEIPTS)
             .and_then(|r| r.attr("id")),
         "iq" if matches!(stanza::stanza_type(el), Some("result" | "error")) => stanza::id(el),
         _ => None,
@@ -189,33 +188,38 @@ pub fn error_for(el: &Element, cond: StanzaErrorCondition) -> Option<Element> {
     wants_error(el).then(|| stanza::error_reply(el, cond, None))
 }
 
-/// A stanza a component sent (already in `jabber:client`); returns the
-/// error reply for the component, if any.
-pub async fn from_component(node: &Node, el: Element) -> Option<Element> {
+/// A stanza a component sent (already in `jabber:client`): where it went,
+/// and the error reply for the component, if any.
+pub async fn from_component(node: &Node, el: Element) -> Routed {
     let Ok(Some(to)) = stanza::to_jid(&el) else {
-        return None;
+        return Routed::default();
     };
-    let from = stanza::from(&el).and_then(|f| Jid::new(f).ok())?;
+    let Some(from) = stanza::from(&el).and_then(|f| Jid::new(f).ok()) else {
+        return Routed::default();
+    };
     if to.domain().as_str() != node.domain() {
-        return match to_component(node, &to, &el).await {
+        return Routed::reply(match to_component(node, &to, &el).await {
             Ok(()) => None,
             Err(cond) => error_for(&el, cond),
-        };
+        });
     }
-    match StanzaKind::of(&el, ns::CLIENT)? {
+    let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
+        return Routed::default();
+    };
+    match kind {
         StanzaKind::Message => {
             let Some(user) = to.node().map(|n| n.to_string()) else {
-                return error_for(&el, StanzaErrorCondition::ServiceUnavailable);
+                return Routed::reply(error_for(&el, StanzaErrorCondition::ServiceUnavailable));
             };
             if node.blocks(&user, &from).await {
-                return None;
+                return Routed::default();
             }
             let t = MessageType::parse(stanza::stanza_type(&el));
             message::deliver(node, &user, &to, t, el).await
         }
         StanzaKind::Presence => {
             presence::deliver_directed(node, &from, &to, &el).await;
-            None
+            Routed::default()
         }
         StanzaKind::Iq => {
             let is_ping = stanza::stanza_type(&el) == Some("get") && el.has_child("ping", ns::PING);
@@ -224,19 +228,15 @@ pub async fn from_component(node: &Node, el: Element) -> Option<Element> {
                     let session = node.router.session(user.as_str(), resource.as_str());
                     let blocked = node.blocks(user.as_str(), &from).await;
                     match session {
-                        Some(s) if !blocked => {
-                            if s.deliver(el.clone()) {
-                                None
-                            } else {
-                                error_for(&el, StanzaErrorCondition::ServiceUnavailable)
-                            }
+                        Some(s) if !blocked && s.deliver(el.clone()) => Routed::reached_session(),
+                        _ => {
+                            Routed::reply(error_for(&el, StanzaErrorCondition::ServiceUnavailable))
                         }
-                        _ => error_for(&el, StanzaErrorCondition::ServiceUnavailable),
                     }
                 }
                 // Components ping the server to check their link.
-                (None, None) if is_ping => Some(stanza::iq_result(&el, None)),
-                _ => error_for(&el, StanzaErrorCondition::ServiceUnavailable),
+                (None, None) if is_ping => Routed::reply(Some(stanza::iq_result(&el, None))),
+                _ => Routed::reply(error_for(&el, StanzaErrorCondition::ServiceUnavailable)),
             }
         }
     }

@@ -50,20 +50,42 @@ pub async fn from_client(node: &Node, s: &mut Session, msg: Element) {
         // XEP-0191 3.3: messages from a blocked entity are dropped silently.
         return;
     }
-    if let Some(error) = deliver(node, &user, &to, t, msg).await {
+    if let Some(error) = deliver(node, &user, &to, t, msg).await.reply {
         s.replies.push(error);
     }
 }
 
-/// Delivers a message to a local user; returns the error reply for the
-/// sender when it cannot be delivered or kept.
-pub async fn deliver(
-    node: &Node,
-    user: &str,
-    to: &Jid,
-    t: MessageType,
-    msg: Element,
-) -> Option<Element> {
+/// What became of a stanza routed on a sender's behalf.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The error reply for the sender, if any.
+    pub reply: Option<Element>,
+    /// Whether it went to at least one session (rather than to offline
+    /// storage, an error, or nowhere).
+    pub reached_session: bool,
+}
+
+impl Routed {
+    /// Not delivered to a session; `reply` goes back to the sender.
+    pub fn reply(reply: Option<Element>) -> Routed {
+        Routed {
+            reply,
+            reached_session: false,
+        }
+    }
+
+    pub fn reached_session() -> Routed {
+        Routed {
+            reply: None,
+            reached_session: true,
+        }
+    }
+}
+
+/// Delivers a message to a local user; says whether it reached a session,
+/// and gives the error reply for the sender when it cannot be delivered or
+/// kept.
+pub async fn deliver(node: &Node, user: &str, to: &Jid, t: MessageType, msg: Element) -> Routed {
     let sessions = node.router.sessions(user);
     let views: Vec<ResourceView<'_>> = sessions
         .iter()
@@ -88,16 +110,16 @@ pub async fn deliver(
                 }
             }
             if delivered.is_empty() {
-                return keep_offline(node, user, t, msg).await;
+                return Routed::reply(keep_offline(node, user, t, msg).await);
             }
             if carbons::eligible(&msg) {
                 carbons::copy_received(node, user, &to.to_bare(), &delivered, &msg);
             }
-            None
+            Routed::reached_session()
         }
-        Disposition::Offline => keep_offline(node, user, t, msg).await,
-        Disposition::Error(cond) => Some(stanza::error_reply(&msg, cond, None)),
-        Disposition::Drop => None,
+        Disposition::Offline => Routed::reply(keep_offline(node, user, t, msg).await),
+        Disposition::Error(cond) => Routed::reply(Some(stanza::error_reply(&msg, cond, None))),
+        Disposition::Drop => Routed::default(),
     }
 }
 

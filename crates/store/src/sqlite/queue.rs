@@ -155,9 +155,10 @@ async fn insert_rows(tx: &mut Tx, rows: &[&NewQueueItem]) -> Result<Vec<i64>> {
     let now = unix_millis();
     let mut ids = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, 1, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO queue_items (queue, sender, stanza_id, stanza, dedup, enqueued_at) \
+            "INSERT INTO queue_items \
+             (queue, sender, stanza_id, stanza, dedup, enqueued_at, form, answerable) \
              VALUES {values} RETURNING id"
         );
         let mut q = sqlx::query_scalar::<_, i64>(&sql);
@@ -168,7 +169,8 @@ async fn insert_rows(tx: &mut Tx, rows: &[&NewQueueItem]) -> Result<Vec<i64>> {
                 .bind(&item.stanza_id)
                 .bind(&item.stanza)
                 .bind(&item.dedup)
-                .bind(now);
+                .bind(now)
+                .bind(item.answerable);
         }
         let mut chunk_ids = q.fetch_all(&mut **tx).await?;
         // SQLite gives the rows of one statement increasing ids in VALUES
