@@ -69,7 +69,13 @@ impl Framer {
             let ev = match self.parser.parse(buf, false) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(None),
-                Err(rxml::error::EndOrError::NeedMoreData) => return Ok(None),
+                Err(rxml::error::EndOrError::NeedMoreData) => {
+                    // The peer sent nothing more for now: an idle session
+                    // should not keep rxml's token buffer (sized for the
+                    // longest token, 8 KiB) until its next stanza.
+                    self.parser.release_temporaries();
+                    return Ok(None);
+                }
                 Err(rxml::error::EndOrError::Error(e)) => return Err(map_xml_error(e)),
             };
             if !self.stack.is_empty() || matches!(ev, Event::StartElement(..)) && self.in_stream {

@@ -138,7 +138,7 @@ fn router(c: &mut Criterion) {
     let (tx, mut rx) = mpsc::channel::<Outbound>(queue);
     g.bench_function("channel_only", |b| {
         b.iter(|| {
-            tx.try_send(Outbound::Stanza(msg.clone()))
+            tx.try_send(Outbound::Stanza(Box::new(msg.clone())))
                 .expect("room in the queue");
             drop(black_box(rx.try_recv().expect("queued")));
         })

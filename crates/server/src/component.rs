@@ -207,9 +207,9 @@ impl ComponentConn {
 
     fn on_outbound(&mut self, msg: Option<Outbound>) {
         match msg {
-            Some(Outbound::Stanza(el)) => self.emit(el),
-            Some(Outbound::Queued { id, stanza }) => self.emit_queued(id, stanza),
-            Some(Outbound::Close(err)) => self.close_with(Some(err)),
+            Some(Outbound::Stanza(el)) => self.emit(*el),
+            Some(Outbound::Queued { id, stanza }) => self.emit_queued(id, *stanza),
+            Some(Outbound::Close(err)) => self.close_with(Some(*err)),
             None => self.closing = true,
         }
     }

@@ -299,9 +299,9 @@ impl Conn {
                     }
                 }
                 msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => match msg {
-                    Some(Outbound::Stanza(el)) => self.deliver_to_client(el),
+                    Some(Outbound::Stanza(el)) => self.deliver_to_client(*el),
                     Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
-                    Some(Outbound::Close(err)) => self.close_with(Some(err)),
+                    Some(Outbound::Close(err)) => self.close_with(Some(*err)),
                     None => self.closing = true,
                 },
                 _ = tokio::time::sleep_until(login_deadline), if !bound => {
@@ -321,7 +321,10 @@ impl Conn {
                     };
                     self.last_read = Instant::now();
                     self.probe_sent = None;
-                    if self.on_bytes(&buf[..n]).await {
+                    // Boxed: handling a stanza can await the store, and
+                    // those futures would otherwise size every idle
+                    // session's task.
+                    if Box::pin(self.on_bytes(&buf[..n])).await {
                         // STARTTLS: nothing the client sent after <starttls/>
                         // may be used (RFC 6120 5.4.3.3); flush <proceed/>.
                         if !self.flush(&mut stream).await {
@@ -817,7 +820,7 @@ impl Conn {
                     Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
                     Some(Outbound::Stanza(el)) => {
                         let Some(b) = self.bound.as_mut() else { return };
-                        b.pending.push_back(el);
+                        b.pending.push_back(*el);
                         let held = b.pending.len() + self.outgoing.unacked_len();
                         if held > max {
                             tracing::warn!("more than {max} stanzas held for a detached session; ending it");
@@ -863,7 +866,7 @@ impl Conn {
             rx.close();
             while let Ok(msg) = rx.try_recv() {
                 if let Outbound::Stanza(el) = msg {
-                    keep.push(el);
+                    keep.push(*el);
                 }
             }
         }

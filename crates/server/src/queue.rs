@@ -551,7 +551,10 @@ async fn hand_out(
                 continue;
             }
         };
-        match slot.tx.try_send(Outbound::Queued { id, stanza: queued }) {
+        match slot.tx.try_send(Outbound::Queued {
+            id,
+            stanza: Box::new(queued),
+        }) {
             Ok(()) => {
                 slot.in_flight += 1;
                 assigned.insert(item.id, (slot.conn_id, item));

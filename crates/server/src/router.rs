@@ -17,18 +17,20 @@ use tokio_util::sync::CancellationToken;
 use tributary_proto::error::StreamError;
 use tributary_proto::negotiation::BindError;
 
-/// What other tasks send to a connection.
+/// What other tasks send to a connection. Payloads are boxed: each
+/// session's bounded channel allocates slots for 32 of these up front,
+/// which for an idle session should be pointers, not whole elements.
 #[derive(Debug)]
 pub enum Outbound {
-    Stanza(Element),
+    Stanza(Box<Element>),
     /// An item of a component's durable queue, to acknowledge by its id.
     /// Only ever sent to component connections.
     Queued {
         id: i64,
-        stanza: crate::queue::QueuedStanza,
+        stanza: Box<crate::queue::QueuedStanza>,
     },
     /// Close the stream with this error (resource conflict, account deleted).
-    Close(StreamError),
+    Close(Box<StreamError>),
 }
 
 /// One bound resource as the rest of the node sees it.
@@ -59,7 +61,7 @@ impl SessionEntry {
     /// Queues a stanza; false when the session is gone or stuck (and then
     /// killed), so the caller can fall back to offline storage.
     pub fn deliver(&self, el: Element) -> bool {
-        match self.tx.try_send(Outbound::Stanza(el)) {
+        match self.tx.try_send(Outbound::Stanza(Box::new(el))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(resource = %self.resource, "session queue full; closing the session");
@@ -127,7 +129,11 @@ impl Router {
                 tributary_proto::error::StreamErrorCondition::Conflict,
                 "replaced by a new connection",
             );
-            if old.tx.try_send(Outbound::Close(conflict)).is_err() {
+            if old
+                .tx
+                .try_send(Outbound::Close(Box::new(conflict)))
+                .is_err()
+            {
                 old.kill.cancel();
             }
         } else if sessions.len() >= req.max_resources {
@@ -208,7 +214,10 @@ impl Router {
     /// Closes every session of a user (account deleted).
     pub fn close_user(&self, user: &str, err: StreamError) {
         for s in self.sessions(user) {
-            if s.tx.try_send(Outbound::Close(err.clone())).is_err() {
+            if s.tx
+                .try_send(Outbound::Close(Box::new(err.clone())))
+                .is_err()
+            {
                 s.kill.cancel();
             }
         }
