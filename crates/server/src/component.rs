@@ -297,28 +297,26 @@ impl ComponentConn {
         );
     }
 
-    /// Whether `el` answers a queued stanza in flight (XEP-0184 receipt,
-    /// iq result or error). Such an answer is held until its stanza is
-    /// deleted; without SM it is the stanza's ack as well.
-    fn hold_answer(&mut self, el: &Element) -> bool {
+    /// Holds `el` if it answers a queued stanza in flight (XEP-0184
+    /// receipt, iq result or error) until that stanza is deleted; without
+    /// SM the answer is the stanza's ack as well. Any other stanza comes
+    /// back.
+    fn hold_answer(&mut self, el: Element) -> Option<Element> {
         if self.answerable.is_empty() {
-            return false;
+            return Some(el);
         }
-        let Some(to) = stanza::to(el) else {
-            return false;
-        };
-        let Some(sid) = modules::components::answered_id(el) else {
-            return false;
+        let (Some(to), Some(sid)) = (stanza::to(&el), modules::components::answered_id(&el)) else {
+            return Some(el);
         };
         let Some((id, acks)) = self.answerable.remove(&(to.to_owned(), sid.to_owned())) else {
-            return false;
+            return Some(el);
         };
         let key = modules::components::answer_key(to, sid);
-        self.held.insert(id, (el.clone(), key));
+        self.held.insert(id, (el, key));
         if acks {
             self.ack(vec![id]);
         }
-        true
+        None
     }
 
     fn write(&mut self, el: Element) {
@@ -376,7 +374,7 @@ impl ComponentConn {
                 Action::Stanza(el) => {
                     // A held answer counts as handled: if it is lost, its
                     // stanza comes back from the queue and is answered again.
-                    if !self.hold_answer(&el) {
+                    if let Some(el) = self.hold_answer(el) {
                         if let Some(reply) = modules::from_component(&self.node, el).await.reply {
                             self.emit(reply);
                         }
