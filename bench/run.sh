@@ -441,7 +441,13 @@ start_prosody() {
      echo $! > "$d/launcher.pid")
     record_cmd prosody "taskset -c $SERVER_CPU setpriv --reuid=prosody --regid=prosody --init-groups prosody --config $d/prosody.cfg.lua -F"
     wait_port "$PROSODY_PORT" "$(cat "$d/launcher.pid")" 30 || { cat "$d/stdout.log" "$d/prosody.log"; die "prosody did not start"; }
-    SERVER_PID=$(cat "$d/prosody.pid" 2>/dev/null || cat "$d/launcher.pid")
+    # The launcher's pid is not Prosody's when setsid forks, and Prosody may
+    # write its pidfile after it opens the port: wait for the pidfile, else
+    # find the process (a wrong pid measures some other process's RSS/CPU).
+    local i
+    for i in $(seq 1 50); do [ -s "$d/prosody.pid" ] && break; sleep 0.2; done
+    SERVER_PID=$(cat "$d/prosody.pid" 2>/dev/null || pgrep -u prosody -f -n "prosody --config $d/prosody.cfg.lua" || true)
+    [ -n "$SERVER_PID" ] || die "cannot find Prosody's pid"
     SERVER_PORT=$PROSODY_PORT
 }
 
