@@ -10,6 +10,13 @@
 //!   in flight per connection. Acknowledged items are deleted; items held
 //!   by a connection that goes away are handed out again.
 //!
+//! A dispatcher that has read everything the store held takes what the
+//! writer commits next straight from the writer, rather than reading it
+//! back: the writer is the only one adding items and sends each commit's
+//! items in id order. While it is behind (a backlog, more than `LOAD`
+//! waiting) it drops those and reads from the store, after the last id it
+//! has.
+//!
 //! A sender that resends a stanza it is unsure about (same bare JID, same
 //! id) gets it merged: with the queued copy while there is one, and for
 //! `RECENTLY_ANSWERED` after the processor's answer to it was routed, so
@@ -32,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tributary_proto::{ns, stanza};
-use tributary_store::{Enqueued, NewQueueItem, QueueItem, QueuedForm, Store};
+use tributary_store::{unix_millis, Enqueued, NewQueueItem, QueueItem, QueuedForm, Store};
 
 /// Most enqueue requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -184,8 +191,8 @@ struct EnqueueRequest {
 }
 
 enum Event {
-    /// New items were committed.
-    Wake,
+    /// These items were committed, in id order.
+    Committed(Vec<QueueItem>),
     Attach {
         conn_id: u64,
         tx: mpsc::Sender<Outbound>,
@@ -379,15 +386,31 @@ async fn write(
         }
         match store.queue_commit(&items, &remove).await {
             Ok(results) => {
-                let mut woken = HashSet::new();
-                for ((item, reply), result) in items.iter().zip(replies).zip(results) {
-                    if matches!(result, Enqueued::Accepted(_)) && woken.insert(item.queue.as_str())
-                    {
-                        if let Some(d) = dispatchers.get(&item.queue) {
-                            let _ = d.send(Event::Wake);
-                        }
-                    }
+                let mut committed: HashMap<String, Vec<QueueItem>> = HashMap::new();
+                let enqueued_at = unix_millis();
+                for ((item, reply), result) in items.into_iter().zip(replies).zip(results) {
                     let _ = reply.send(Ok(result));
+                    if let Enqueued::Accepted(id) = result {
+                        committed
+                            .entry(item.queue.clone())
+                            .or_default()
+                            .push(QueueItem {
+                                id,
+                                queue: item.queue,
+                                sender: item.sender,
+                                stanza_id: item.stanza_id,
+                                stanza: item.stanza,
+                                form: QueuedForm::Accept {
+                                    answerable: item.answerable,
+                                },
+                                enqueued_at,
+                            });
+                    }
+                }
+                for (queue, items) in committed {
+                    if let Some(d) = dispatchers.get(&queue) {
+                        let _ = d.send(Event::Committed(items));
+                    }
                 }
             }
             Err(e) => {
@@ -425,6 +448,55 @@ struct Slot {
     in_flight: usize,
 }
 
+/// A dispatcher's items not handed out yet, and where the next come from.
+struct Backlog {
+    ready: VecDeque<QueueItem>,
+    /// The highest id read from the store or taken from the writer.
+    loaded_upto: i64,
+    /// The store may hold items after `loaded_upto` that are not in
+    /// `ready`: the next ones are read from it, not taken from the writer.
+    more_in_store: bool,
+}
+
+impl Backlog {
+    /// Items committed before the dispatcher started are in the store.
+    fn new() -> Backlog {
+        Backlog {
+            ready: VecDeque::new(),
+            loaded_upto: 0,
+            more_in_store: true,
+        }
+    }
+
+    fn wants_load(&self) -> bool {
+        self.more_in_store && self.ready.len() < LOAD
+    }
+
+    /// Items read from the store after `loaded_upto`, at most `LOAD`.
+    fn loaded(&mut self, items: Vec<QueueItem>) {
+        self.more_in_store = items.len() == LOAD;
+        if let Some(last) = items.last() {
+            self.loaded_upto = last.id;
+        }
+        self.ready.extend(items);
+    }
+
+    /// Items the writer just committed, in id order.
+    fn committed(&mut self, items: Vec<QueueItem>) {
+        if self.more_in_store || self.ready.len() >= LOAD {
+            // Read from the store in their turn, after what comes first.
+            self.more_in_store = true;
+            return;
+        }
+        // A load that ran after this commit has its items already.
+        let after = self.loaded_upto;
+        for item in items.into_iter().filter(|i| i.id > after) {
+            self.loaded_upto = item.id;
+            self.ready.push_back(item);
+        }
+    }
+}
+
 /// Hands a domain's queued items to its connections.
 async fn dispatch(
     domain: String,
@@ -433,21 +505,13 @@ async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Event>,
 ) {
     let mut slots: Vec<Slot> = Vec::new();
-    let mut ready: VecDeque<QueueItem> = VecDeque::new();
+    let mut backlog = Backlog::new();
     let mut assigned: HashMap<i64, (u64, QueueItem)> = HashMap::new();
-    let mut loaded_upto: i64 = 0;
-    let mut more_in_store = true;
     let mut next_slot = 0usize;
     loop {
-        if more_in_store && ready.len() < LOAD && !slots.is_empty() {
-            match store.queue_items(&domain, loaded_upto, LOAD).await {
-                Ok(items) => {
-                    more_in_store = items.len() == LOAD;
-                    if let Some(last) = items.last() {
-                        loaded_upto = last.id;
-                    }
-                    ready.extend(items);
-                }
+        if backlog.wants_load() && !slots.is_empty() {
+            match store.queue_items(&domain, backlog.loaded_upto, LOAD).await {
+                Ok(items) => backlog.loaded(items),
                 Err(e) => {
                     tracing::error!(%domain, "cannot read the queue: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -457,7 +521,7 @@ async fn dispatch(
         hand_out(
             &domain,
             &mut slots,
-            &mut ready,
+            &mut backlog.ready,
             &mut assigned,
             &mut next_slot,
             &store,
@@ -465,7 +529,7 @@ async fn dispatch(
         .await;
         let Some(event) = rx.recv().await else { return };
         match event {
-            Event::Wake => more_in_store = true,
+            Event::Committed(items) => backlog.committed(items),
             Event::Attach {
                 conn_id,
                 tx,
@@ -493,7 +557,7 @@ async fn dispatch(
                 // Back in front, in id order: per-sender order is kept.
                 back.sort_by_key(|i| i.id);
                 for item in back.into_iter().rev() {
-                    ready.push_front(item);
+                    backlog.ready.push_front(item);
                 }
             }
             Event::Acked {
@@ -638,6 +702,125 @@ mod tests {
 
         queues.not_delivered("reports.localhost", [KEY]);
         assert!(matches!(copy(&queues).await, Enqueued::Accepted(i) if i > first));
+    }
+
+    async fn submit_numbered(queues: &Queues, n: usize) -> Commit {
+        let el: Element = format!(
+            "<message xmlns='jabber:client' from='alice@localhost/phone' to='reports.localhost' id='N-{n}'><body>{n}</body></message>"
+        )
+        .parse()
+        .expect("stanza");
+        queues
+            .submit(
+                "reports.localhost",
+                "alice@localhost/phone",
+                Some(&format!("N-{n}")),
+                None,
+                &el,
+            )
+            .await
+            .expect("submitted")
+    }
+
+    async fn commit_all(commits: Vec<Commit>) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for commit in commits {
+            match commit.await.expect("answered").expect("committed") {
+                Enqueued::Accepted(id) => ids.push(id),
+                other => panic!("not a new item: {other:?}"),
+            }
+        }
+        ids
+    }
+
+    /// Items come to the dispatcher from the writer while it is caught up
+    /// and from the store while it is behind (a backlog larger than it
+    /// holds, a connection too busy to take more): across both, every
+    /// committed item is handed out once, in id order.
+    #[tokio::test]
+    async fn committed_items_are_handed_out_once_in_order_from_writer_or_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = tributary_store::SqliteStore::open(&dir.path().join("q.sqlite"))
+            .await
+            .expect("store");
+        let queues = Queues::start(Arc::new(store), &[("reports.localhost".into(), 100_000)]);
+        let mut accepted = Vec::new();
+        // A backlog beyond what the dispatcher holds, with no connection.
+        let mut commits = Vec::new();
+        for n in 0..LOAD + 300 {
+            commits.push(submit_numbered(&queues, n).await);
+        }
+        accepted.extend(commit_all(commits).await);
+
+        // A connection with a short channel, while more items commit.
+        let (tx, mut rx) = mpsc::channel(16);
+        queues.attach("reports.localhost", 1, tx, 100_000);
+        let mut handed = Vec::new();
+        let mut next = LOAD + 300;
+        while next < 3 * LOAD || handed.len() < accepted.len() {
+            if next < 3 * LOAD {
+                let mut commits = Vec::new();
+                for n in next..next + 50 {
+                    commits.push(submit_numbered(&queues, n).await);
+                }
+                next += 50;
+                accepted.extend(commit_all(commits).await);
+            }
+            let Some(Outbound::Queued { id, .. }) = rx.recv().await else {
+                panic!("an item is handed out")
+            };
+            handed.push(id);
+            // Acknowledgements let the dispatcher hand out more.
+            queues.acked("reports.localhost", 1, vec![id], None);
+        }
+        assert_eq!(handed.len(), next);
+        assert!(handed == accepted, "handed out in commit order");
+        assert!(handed.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "nothing is handed out twice"
+        );
+    }
+
+    fn numbered(ids: std::ops::RangeInclusive<i64>) -> Vec<QueueItem> {
+        ids.map(|id| QueueItem {
+            id,
+            ..stored("<message/>", QueuedForm::Accept { answerable: false })
+        })
+        .collect()
+    }
+
+    fn ready_ids(backlog: &Backlog) -> Vec<i64> {
+        backlog.ready.iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn a_backlog_takes_each_committed_item_once_from_the_store_or_the_writer() {
+        let mut backlog = Backlog::new();
+        // Items from before the start are in the store: commits wait.
+        backlog.committed(numbered(1..=2));
+        assert!(backlog.wants_load() && backlog.ready.is_empty());
+        // The load saw those and a commit whose items are still on their
+        // way from the writer: they are not taken twice.
+        backlog.loaded(numbered(1..=5));
+        backlog.committed(numbered(3..=5));
+        backlog.committed(numbered(6..=7));
+        assert_eq!(ready_ids(&backlog), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert!(!backlog.wants_load());
+
+        // Full: the next commits stay in the store until it is read again.
+        let load = LOAD as i64;
+        let mut full = Backlog::new();
+        full.loaded(numbered(1..=10));
+        full.committed(numbered(11..=load));
+        full.committed(numbered(load + 1..=load + 3));
+        assert_eq!(full.ready.len(), LOAD);
+        assert_eq!(full.loaded_upto, load);
+        full.ready.clear();
+        full.committed(numbered(load + 4..=load + 5));
+        assert!(full.ready.is_empty() && full.wants_load());
     }
 
     fn stored(stanza: &str, form: QueuedForm) -> QueueItem {

@@ -14,6 +14,14 @@ pub use tributary_proto::subscription::Subscription;
 
 use async_trait::async_trait;
 
+/// Now, in Unix milliseconds: how `QueueItem::enqueued_at` counts.
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("account already exists")]

@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{count_from, unix_millis, SqliteStore};
-use crate::{Enqueued, NewQueueItem, Result};
+use super::{count_from, SqliteStore};
+use crate::{unix_millis, Enqueued, NewQueueItem, Result};
 
 /// Rows per multi-row statement: six parameters each stays far below
 /// SQLite's limit of 32,766 bound parameters.
