@@ -70,10 +70,7 @@ impl Framer {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(None),
                 Err(rxml::error::EndOrError::NeedMoreData) => {
-                    // The peer sent nothing more for now: an idle session
-                    // should not keep rxml's token buffer (sized for the
-                    // longest token, 8 KiB) until its next stanza.
-                    self.parser.release_temporaries();
+                    self.release_when_used_up(buf);
                     return Ok(None);
                 }
                 Err(rxml::error::EndOrError::Error(e)) => return Err(map_xml_error(e)),
@@ -88,8 +85,20 @@ impl Framer {
                 }
             }
             if let Some(frame) = self.on_event(ev)? {
+                self.release_when_used_up(buf);
                 return Ok(Some(frame));
             }
+        }
+    }
+
+    /// Once the peer's bytes are used up (it sent nothing more for now),
+    /// frees rxml's token buffer, sized for the longest token (8 KiB): an
+    /// idle session should not keep it until its next stanza. Most reads
+    /// end on a frame, so this is checked there as well as on running dry.
+    /// Allocating it again on the next read costs well under a microsecond.
+    fn release_when_used_up(&mut self, buf: &[u8]) {
+        if buf.is_empty() {
+            self.parser.release_temporaries();
         }
     }
 

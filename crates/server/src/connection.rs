@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ pub enum Transport {
     DirectTls,
 }
 
-/// Bytes read per call; small, because most sessions are idle most of the time.
+/// Most bytes read per call.
 const READ_CHUNK: usize = 4096;
 /// A peer that accepts no bytes for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -262,7 +262,6 @@ impl Conn {
     /// Runs the stream until it closes, drops, is handed over, or asks
     /// for a TLS upgrade.
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> End<S> {
-        let mut buf = vec![0u8; READ_CHUNK];
         let login_deadline = tokio::time::Instant::now()
             + Duration::from_secs(self.node.config.limits.login_timeout);
         loop {
@@ -314,17 +313,17 @@ impl Conn {
                     }
                 }
                 _ = front_committed(&mut self.pipeline) => self.complete_pipelined(),
-                read = stream.read(&mut buf), if self.pipeline.len() < MAX_PIPELINE => {
-                    let n = match read {
-                        Ok(0) | Err(_) => return End::Lost,
-                        Ok(n) => n,
+                read = read_some(&mut stream), if self.pipeline.len() < MAX_PIPELINE => {
+                    let bytes = match read {
+                        Ok(bytes) if !bytes.is_empty() => bytes,
+                        _ => return End::Lost,
                     };
                     self.last_read = Instant::now();
                     self.probe_sent = None;
                     // Boxed: handling a stanza can await the store, and
                     // those futures would otherwise size every idle
                     // session's task.
-                    if Box::pin(self.on_bytes(&buf[..n])).await {
+                    if Box::pin(self.on_bytes(&bytes)).await {
                         // STARTTLS: nothing the client sent after <starttls/>
                         // may be used (RFC 6120 5.4.3.3); flush <proceed/>.
                         if !self.flush(&mut stream).await {
@@ -332,7 +331,7 @@ impl Conn {
                         }
                         return End::StartTls(stream);
                     }
-                    let pause = self.rate.consume(n, Instant::now());
+                    let pause = self.rate.consume(bytes.len(), Instant::now());
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }
@@ -882,6 +881,20 @@ async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Reads what the peer sent into a buffer the size of it. The scratch
+/// space is on the stack for the length of one poll: most sessions are idle
+/// most of the time, and an idle one then holds no read buffer.
+fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> impl std::future::Future<Output = std::io::Result<Vec<u8>>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        std::task::Poll::Ready(Ok(buf.filled().to_vec()))
+    })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
