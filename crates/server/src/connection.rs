@@ -101,7 +101,9 @@ pub async fn run(
         tracing::debug!("connected");
         let mut conn = Conn::new(node, peer, transport, shutdown, conn_span);
         conn.serve(tcp, transport).await;
-        conn.finish().await;
+        // Boxed: it runs once, and would otherwise add to the size of
+        // every session's task.
+        Box::pin(conn.finish()).await;
         tracing::debug!("disconnected");
     }
     .instrument(span)
@@ -238,8 +240,16 @@ impl Conn {
                 _ => return,
             },
         };
-        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
+        // The handshake's future (1.3 KB) and the TLS stream (1.2 KB) are
+        // boxed: either would otherwise size this task's future, the memory
+        // every idle session keeps for its whole life (the stream, moved
+        // into `drive`, would be laid out there and here).
+        let handshake = Box::pin(tokio::time::timeout(
+            TLS_HANDSHAKE_TIMEOUT,
+            acceptor.accept(tcp),
+        ));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
         };
