@@ -33,6 +33,24 @@ pub enum Outbound {
     Close(Box<StreamError>),
 }
 
+/// A session's last available presence, kept serialised: as a minidom tree
+/// even an empty presence holds two attribute maps (about 1 KB) for every
+/// online session, and it is read back only to answer probes and to tell
+/// a new resource of its siblings.
+#[derive(Debug, Clone)]
+pub struct StoredPresence(Arc<str>);
+
+impl StoredPresence {
+    pub fn new(pres: &Element) -> StoredPresence {
+        StoredPresence(tributary_proto::stanza::to_string(pres).into())
+    }
+
+    /// The presence as it was broadcast.
+    pub fn element(&self) -> Option<Element> {
+        self.0.parse().ok()
+    }
+}
+
 /// One bound resource as the rest of the node sees it.
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
@@ -47,7 +65,7 @@ pub struct SessionEntry {
     pub available: bool,
     pub priority: i8,
     /// Last available presence broadcast, answered to probes.
-    pub presence: Option<Arc<Element>>,
+    pub presence: Option<StoredPresence>,
     /// XEP-0280 enabled.
     pub carbons: bool,
     /// Requested the roster: receives roster pushes (RFC 6121 2.1.6).
@@ -256,6 +274,17 @@ fn generated_resource() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_presence_comes_back_as_it_was_broadcast() {
+        let pres: Element =
+            "<presence xmlns='jabber:client' from='alice@localhost/phone' xml:lang='en'>\
+             <show>away</show><status>back &amp; soon</status><priority>5</priority>\
+             <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/></presence>"
+                .parse()
+                .expect("presence");
+        assert_eq!(StoredPresence::new(&pres).element(), Some(pres));
+    }
 
     fn req<'a>(
         user: &'a BareJid,

@@ -5,9 +5,9 @@
 
 use super::{offline, roster, Session};
 use crate::node::Node;
+use crate::router::StoredPresence;
 use jid::{BareJid, Jid};
 use minidom::Element;
-use std::sync::Arc;
 use tributary_proto::ns;
 use tributary_proto::stanza;
 use tributary_proto::subscription::{self, SubKind, SubState};
@@ -108,11 +108,11 @@ async fn available(node: &Node, s: &mut Session, pres: Element) {
     let first = !s.available;
     s.available = true;
     let priority = priority_of(&pres);
-    let shared = Arc::new(pres.clone());
+    let stored = StoredPresence::new(&pres);
     node.router.update(&s.user, s.resource(), |e| {
         e.available = true;
         e.priority = priority;
-        e.presence = Some(shared);
+        e.presence = Some(stored);
     });
     let items = roster_of(node, &s.user).await;
     broadcast(node, s, &items, &pres).await;
@@ -134,8 +134,7 @@ async fn available(node: &Node, s: &mut Session, pres: Element) {
     }
     for e in node.router.sessions(&s.user) {
         if e.resource != s.resource() {
-            if let Some(p) = &e.presence {
-                let mut copy = (**p).clone();
+            if let Some(mut copy) = e.presence.as_ref().and_then(StoredPresence::element) {
                 stanza::set_attr(&mut copy, "to", s.jid.to_string());
                 s.replies.push(copy);
             }
@@ -178,8 +177,8 @@ async fn probe(node: &Node, s: &Session, contact: &BareJid) -> Vec<Element> {
         return out;
     }
     for e in node.router.sessions(cuser.as_str()) {
-        if let (true, Some(p)) = (e.available, &e.presence) {
-            let mut copy = (**p).clone();
+        let stored = e.presence.as_ref().filter(|_| e.available);
+        if let Some(mut copy) = stored.and_then(StoredPresence::element) {
             stanza::set_attr(&mut copy, "to", s.jid.to_string());
             out.push(copy);
         }
@@ -454,8 +453,8 @@ async fn send_current_presence(
                 ns::CLIENT,
                 &[("type", "unavailable"), ("from", &from)],
             )
-        } else if let Some(p) = &e.presence {
-            (**p).clone()
+        } else if let Some(p) = e.presence.as_ref().and_then(StoredPresence::element) {
+            p
         } else {
             continue;
         };
