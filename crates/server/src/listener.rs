@@ -168,13 +168,19 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let node = node.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            match kind {
-                Kind::C2s(transport) => connection::run(node, tcp, peer, transport, shutdown).await,
-                Kind::Component => crate::component::run(node, tcp, peer, shutdown).await,
-            }
-            drop(permit);
-        });
+        // One task type per kind: a task is as large as the largest future
+        // it may run, and a component connection's is the larger, while
+        // idle client sessions are the many.
+        match kind {
+            Kind::C2s(transport) => tracker.spawn(async move {
+                connection::run(node, tcp, peer, transport, shutdown).await;
+                drop(permit);
+            }),
+            Kind::Component => tracker.spawn(async move {
+                crate::component::run(node, tcp, peer, shutdown).await;
+                drop(permit);
+            }),
+        };
     }
 }
 
