@@ -92,13 +92,17 @@ impl Framer {
     }
 
     /// Once the peer's bytes are used up (it sent nothing more for now),
-    /// frees rxml's token buffer, sized for the longest token (8 KiB): an
-    /// idle session should not keep it until its next stanza. Most reads
-    /// end on a frame, so this is checked there as well as on running dry.
-    /// Allocating it again on the next read costs well under a microsecond.
+    /// frees rxml's token buffer, sized for the longest token (8 KiB), and
+    /// the element stack if no element is open: an idle session should not
+    /// keep them until its next stanza. Most reads end on a frame, so this
+    /// is checked there as well as on running dry. Allocating them again on
+    /// the next read costs well under a microsecond.
     fn release_when_used_up(&mut self, buf: &[u8]) {
         if buf.is_empty() {
             self.parser.release_temporaries();
+            if self.stack.is_empty() {
+                self.stack = Vec::new();
+            }
         }
     }
 
