@@ -53,13 +53,13 @@ MIN_ACHIEVED=${MIN_ACHIEVED:-0.95}       # achieved/offered below this also stop
 
 # chat: CHAT_CLIENTS online clients send one-to-one messages to each other.
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
-CHAT_RATES=${CHAT_RATES:-"1000 2000 3000 5000 7500 10000 15000 20000"}   # msg/s offered, increasing
+CHAT_RATES=${CHAT_RATES:-"250 500 750 1000 2000 3000 5000 7500 10000 15000 20000"}   # msg/s offered, increasing
 CHAT_SM=${CHAT_SM:---sm}                 # XEP-0198 on ("" to turn off)
 DURATION=${DURATION:-20}                 # seconds measured per step
 WARMUP=${WARMUP:-5}                      # seconds before measuring
 # login storm: logins per second (connect, STARTTLS, SCRAM, bind, close).
 LOGIN_CLIENTS=${LOGIN_CLIENTS:-1000}
-LOGIN_RATES=${LOGIN_RATES:-"100 250 375 500 750 1000 1500 2000"}
+LOGIN_RATES=${LOGIN_RATES:-"100 250 300 375 500 750 1000 1250 1500 2000"}
 # idle: IDLE_CLIENTS sessions held for IDLE_DURATION s; RSS per session.
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 # Sessions are opened at half the server's max sustained login rate (from
