@@ -75,6 +75,16 @@ pub fn router(db: SqlProcessor, stats: Arc<LinkStats>) -> Router {
 pub async fn serve(addr: &str, db: SqlProcessor, stats: Arc<LinkStats>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP API listening");
+    serve_on(listener, db, stats).await
+}
+
+/// Serves the API on a listener bound by the caller (a test binds port 0,
+/// so no other process can take the port between choosing and binding).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    db: SqlProcessor,
+    stats: Arc<LinkStats>,
+) -> anyhow::Result<()> {
     axum::serve(listener, router(db, stats)).await?;
     Ok(())
 }

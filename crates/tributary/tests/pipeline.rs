@@ -64,10 +64,18 @@ async fn reports_are_committed_confirmed_and_visible_in_the_api() {
     let url = format!("sqlite://{}", dir.path().join("reports.db").display());
     let db = SqlProcessor::connect(&url).await.expect("db");
     let stats = Arc::new(LinkStats::default());
-    let api = free_addr();
-    let (addr, api_db, api_stats) = (api.clone(), db.clone(), stats.clone());
+    // Bound here, on a port the system picks: a port chosen first and
+    // bound later can be taken meanwhile (seen once in CI: the API's bind
+    // failed and its requests were refused).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the API");
+    let api = listener.local_addr().expect("API address").to_string();
+    let (api_db, api_stats) = (db.clone(), stats.clone());
     tokio::spawn(async move {
-        let _ = tributary_processor::http::serve(&addr, api_db, api_stats).await;
+        tributary_processor::http::serve_on(listener, api_db, api_stats)
+            .await
+            .expect("HTTP API");
     });
     tokio::spawn(tributary_processor::run(
         LinkConfig {
