@@ -41,6 +41,10 @@ pub enum Transport {
 
 /// Most bytes read per call.
 const READ_CHUNK: usize = 4096;
+/// Outbound stanzas taken from the session's channel for one write: a
+/// burst shares a TLS record and a syscall, while a bound keeps one
+/// write (and the memory it holds) small.
+const COALESCE: usize = 64;
 /// A peer that accepts no bytes for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,12 +311,21 @@ impl Conn {
                         }
                     }
                 }
-                msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => match msg {
-                    Some(Outbound::Stanza(el)) => self.deliver_to_client(*el),
-                    Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
-                    Some(Outbound::Close(err)) => self.close_with(Some(*err)),
-                    None => self.closing = true,
-                },
+                msg = recv_opt(self.rx.as_mut().filter(|_| bound)) => {
+                    self.on_outbound(msg);
+                    // What else is already waiting goes out in the same
+                    // write: one TLS record and one syscall for a burst
+                    // (receipts of a processor's batch, a busy chat).
+                    for _ in 1..COALESCE {
+                        let Some(Ok(msg)) = self.rx.as_mut().map(|rx| rx.try_recv()) else {
+                            break;
+                        };
+                        self.on_outbound(Some(msg));
+                        if self.closing {
+                            break;
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(login_deadline), if !bound => {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                 }
@@ -426,6 +439,15 @@ impl Conn {
     }
 
     /// A stanza routed to this client: through CSI, then out.
+    fn on_outbound(&mut self, msg: Option<Outbound>) {
+        match msg {
+            Some(Outbound::Stanza(el)) => self.deliver_to_client(*el),
+            Some(Outbound::Queued { id, .. }) => queue_item_to_client(id),
+            Some(Outbound::Close(err)) => self.close_with(Some(*err)),
+            None => self.closing = true,
+        }
+    }
+
     fn deliver_to_client(&mut self, el: Element) {
         let Some(b) = self.bound.as_mut() else { return };
         for el in b.csi.offer(el) {
