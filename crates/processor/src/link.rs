@@ -107,6 +107,11 @@ fn redirect_address(target: &str, current: &str) -> String {
     }
 }
 
+/// Frames past which a batch stops taking more of what has arrived: a
+/// bound on one commit's size, and a quarter of the node's default window
+/// (2,048), so the next batches arrive while this one commits.
+const BATCH_FRAMES: usize = 512;
+
 struct Stream {
     tcp: TcpStream,
     framer: Framer,
@@ -134,8 +139,21 @@ impl Stream {
             }
             let used = self.pending.len() - slice.len();
             self.pending.drain(..used);
-            if !out.is_empty() {
+            if out.len() >= BATCH_FRAMES {
                 return Ok(out);
+            }
+            if !out.is_empty() {
+                // Whatever else has arrived joins this batch: one commit
+                // (one fsync) for all of it, not one per 64 KiB read.
+                match self.tcp.try_read(&mut self.buf) {
+                    Ok(0) => bail!("the node closed the connection"),
+                    Ok(n) => {
+                        self.pending.extend_from_slice(&self.buf[..n]);
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                    Err(e) => return Err(e).context("read"),
+                }
             }
             let n = self.tcp.read(&mut self.buf).await.context("read")?;
             if n == 0 {

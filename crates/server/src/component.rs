@@ -108,7 +108,10 @@ impl ComponentConn {
         ComponentConn {
             negotiator: ComponentNegotiator::new(secrets),
             framer: Framer::new(limits.max_stanza_bytes),
-            rate: ReadRate::new(limits.read_bytes_per_second, limits.read_burst_bytes),
+            rate: ReadRate::new(
+                limits.component_read_bytes_per_second,
+                limits.component_read_burst_bytes,
+            ),
             outgoing: Outgoing::new(
                 sm_config.ack_request_every,
                 Duration::from_millis(sm_config.ack_request_delay_ms),

@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         secret: secret.clone(),
         observe_presence: true,
         quota: 1_000_000,
-        window: 256,
+        window: 2048,
     }];
     let running = tributary_server::serve(config).await?;
     let c2s = running.c2s.map(|a| a.to_string()).unwrap_or_default();

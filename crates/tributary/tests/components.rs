@@ -467,3 +467,53 @@ async fn a_report_sent_again_while_queued_is_processed_and_answered_once() {
         .is_empty());
     assert_eq!(queue_depth(&server).await, 1);
 }
+
+/// Whitespace then an answer for alice from the processor, on a server
+/// with these limits: how long the answer takes to reach her shows how
+/// fast the node reads the component.
+async fn answer_after_flood(flood_bytes: usize, limits: impl FnOnce(&mut Config)) -> Duration {
+    let server = TestServer::start_with(|c| {
+        with_component(c);
+        limits(c);
+    })
+    .await;
+    server.add_user("alice", "a").await;
+    let mut collect = processor(&server).await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    let started = std::time::Instant::now();
+    let chunk = " ".repeat(1000);
+    for _ in 0..flood_bytes / 1000 {
+        collect.send(&chunk).await;
+    }
+    collect
+        .send("<message xmlns='jabber:component:accept' from='collect.localhost' to='alice@localhost/raw'>\
+               <body>after the flood</body></message>")
+        .await;
+    let answer = alice.element().await.expect("answer");
+    assert!(answer.has_child("body", "jabber:client"));
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_component_connection_has_its_own_read_rate_limit() {
+    // Limited to 20 KB/s with a 20 KB burst: 60 KB take two seconds to
+    // read, never less than one.
+    let took = answer_after_flood(60_000, |c| {
+        c.limits.component_read_bytes_per_second = 20_000;
+        c.limits.component_read_burst_bytes = 20_000;
+    })
+    .await;
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test]
+async fn the_client_read_rate_limit_does_not_slow_a_component() {
+    // The clients' limit would take at least five seconds over 120 KB;
+    // the component's default reads them at once.
+    let took = answer_after_flood(120_000, |c| {
+        c.limits.read_bytes_per_second = 20_000;
+        c.limits.read_burst_bytes = 20_000;
+    })
+    .await;
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
