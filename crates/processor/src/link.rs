@@ -125,7 +125,8 @@ impl Stream {
         Ok(())
     }
 
-    /// Reads until at least one frame is complete; returns every complete frame.
+    /// Reads until at least one frame is complete; returns every complete
+    /// frame, with whatever else has already arrived (see `BATCH_FRAMES`).
     async fn frames(&mut self) -> anyhow::Result<Vec<Frame>> {
         let mut out = Vec::new();
         loop {
@@ -142,20 +143,17 @@ impl Stream {
             if out.len() >= BATCH_FRAMES {
                 return Ok(out);
             }
-            if !out.is_empty() {
+            let n = if out.is_empty() {
+                self.tcp.read(&mut self.buf).await
+            } else {
                 // Whatever else has arrived joins this batch: one commit
                 // (one fsync) for all of it, not one per 64 KiB read.
                 match self.tcp.try_read(&mut self.buf) {
-                    Ok(0) => bail!("the node closed the connection"),
-                    Ok(n) => {
-                        self.pending.extend_from_slice(&self.buf[..n]);
-                        continue;
-                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
-                    Err(e) => return Err(e).context("read"),
+                    read => read,
                 }
             }
-            let n = self.tcp.read(&mut self.buf).await.context("read")?;
+            .context("read")?;
             if n == 0 {
                 bail!("the node closed the connection");
             }

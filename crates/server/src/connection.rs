@@ -438,7 +438,7 @@ impl Conn {
         self.emit(ping);
     }
 
-    /// A stanza routed to this client: through CSI, then out.
+    /// What the router sent this session; `None`: the router dropped it.
     fn on_outbound(&mut self, msg: Option<Outbound>) {
         match msg {
             Some(Outbound::Stanza(el)) => self.deliver_to_client(*el),
@@ -448,6 +448,7 @@ impl Conn {
         }
     }
 
+    /// A stanza routed to this client: through CSI, then out.
     fn deliver_to_client(&mut self, el: Element) {
         let Some(b) = self.bound.as_mut() else { return };
         for el in b.csi.offer(el) {
