@@ -228,7 +228,7 @@ print("" if v is None else v)' "$1" "$2"
 # 1. Packages (reused when present) and the distro services they start
 # --------------------------------------------------------------------------
 install_packages() {
-    local pkgs=(ejabberd prosody mosquitto mosquitto-clients openssl util-linux procps python3 erlang-base fonts-dejavu-core)
+    local pkgs=(ejabberd prosody mosquitto mosquitto-clients openssl util-linux procps python3 erlang-base fonts-dejavu-core make)
     local missing=() p
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -27,6 +27,10 @@ fi
 if [ -z "${TRIBUTARY_MOSQUITTO:-}" ] && [ ! -x /usr/sbin/mosquitto ]; then
   missing+=(mosquitto)
 fi
+# - make: the build of jemalloc, the binary's allocator (tikv-jemalloc-sys).
+if ! command -v make >/dev/null 2>&1; then
+  missing+=(make)
+fi
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   missing+=(fonts-dejavu-core)
 fi

@@ -1,6 +1,15 @@
 //! `tributary`: the single binary. Errors reach the user as one line and
 //! a non-zero exit status; nothing here panics on user input.
 
+// jemalloc rather than glibc's allocator: in `bench report` at 2,000
+// reports/s (node and processor on one core) it took 3-4 % less CPU and
+// cut the processed p99 from 55-100 ms to 30-48 ms, where glibc's
+// `malloc_consolidate` / `unlink_chunk` had shown in the profile. An idle
+// session costs ~0.6 KiB more (16.2 against 15.6 KiB on a fresh node).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod demo;
 
 use anyhow::{bail, Context, Result};
