@@ -47,8 +47,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Items per component queue, once counted (see `queue.rs`).
-    queue_depths: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
+    /// The component queues' writer state (see `queue.rs`).
+    queue_writer: Arc<tokio::sync::Mutex<queue::QueueWriter>>,
 }
 
 impl SqliteStore {
@@ -82,7 +82,7 @@ impl SqliteStore {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(SqliteStore {
             pool,
-            queue_depths: Default::default(),
+            queue_writer: Default::default(),
         })
     }
 
