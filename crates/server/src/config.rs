@@ -63,6 +63,19 @@ pub struct ComponentConfig {
     pub window: usize,
 }
 
+impl ComponentConfig {
+    /// A component with the defaults a config file gets for what it omits.
+    pub fn new(domain: impl Into<String>, secret: impl Into<String>) -> ComponentConfig {
+        ComponentConfig {
+            domain: domain.into(),
+            secret: secret.into(),
+            observe_presence: false,
+            quota: default_quota(),
+            window: default_window(),
+        }
+    }
+}
+
 fn default_quota() -> u64 {
     1_000_000
 }

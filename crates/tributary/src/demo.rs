@@ -52,11 +52,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.listen.c2s_tls = free_port()?;
     config.listen.component = free_port()?;
     config.components = vec![ComponentConfig {
-        domain: DOMAIN.into(),
-        secret: secret.clone(),
         observe_presence: true,
-        quota: 1_000_000,
-        window: 2048,
+        ..ComponentConfig::new(DOMAIN, secret.clone())
     }];
     let running = tributary_server::serve(config).await?;
     let c2s = running.c2s.map(|a| a.to_string()).unwrap_or_default();
