@@ -7,7 +7,10 @@ use crate::Processor;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
+use std::sync::Arc;
+use tokio::sync::Mutex;
 
 /// The schema of the issue's contract; the same SQL runs on both engines.
 const SCHEMA: [&str; 2] = [
@@ -46,6 +49,14 @@ async fn create_schema(pool: &AnyPool, postgres: bool) -> anyhow::Result<()> {
 #[derive(Clone)]
 pub struct SqlProcessor {
     pool: AnyPool,
+    /// The connection batches commit on, kept rather than taken from the
+    /// pool for each batch: on SQLite each of the pool's connections has a
+    /// page cache of its own, which a commit on another one makes stale
+    /// (the next batch on it read the pages it needed from the file
+    /// again), and giving a connection back is done by a spawned task.
+    /// Shared by clones (the HTTP API's only read, through the pool);
+    /// closed after an error, so that the next batch starts on a fresh one.
+    writer: Arc<Mutex<Option<PoolConnection<Any>>>>,
     /// Which placeholders multi-row statements use (see [`value_rows`]).
     placeholders: Placeholders,
 }
@@ -104,7 +115,11 @@ impl SqlProcessor {
         } else {
             Placeholders::Numbered
         };
-        Ok(SqlProcessor { pool, placeholders })
+        Ok(SqlProcessor {
+            pool,
+            writer: Arc::default(),
+            placeholders,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -219,39 +234,60 @@ fn now() -> String {
 #[async_trait::async_trait]
 impl Processor for SqlProcessor {
     async fn process(&mut self, batch: &[Item]) -> anyhow::Result<Vec<Outcome>> {
-        let received_at = now();
-        let mut tx = self.pool.begin().await?;
-        // Reports go in multi-row statements: each statement is a round
-        // trip to the database (to sqlx's worker thread, for SQLite).
-        let reports: Vec<&crate::report::Report> = batch
-            .iter()
-            .filter_map(|item| match item {
-                Item::Report(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        for chunk in reports.chunks(REPORT_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
-                 ON CONFLICT (sender, id) DO NOTHING",
-                value_rows(chunk.len(), 6, self.placeholders)
-            );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(&r.sender)
-                    .bind(&r.id)
-                    .bind(&r.kind)
-                    .bind(&r.at)
-                    .bind(&r.payload)
-                    .bind(&received_at);
+        let mut writer = self.writer.lock().await;
+        let conn = match &mut *writer {
+            Some(c) => c,
+            None => writer.insert(self.pool.acquire().await?),
+        };
+        let result = commit(conn, self.placeholders, batch).await;
+        if result.is_err() {
+            if let Some(mut conn) = writer.take() {
+                conn.close_on_drop();
             }
-            q.execute(&mut *tx).await?;
         }
-        // Presence row by row, in order: later changes of one JID win.
-        for item in batch {
-            if let Item::Presence(p) = item {
-                sqlx::query(
+        result
+    }
+}
+
+/// Commits one batch on `conn` in one transaction.
+async fn commit(
+    conn: &mut AnyConnection,
+    placeholders: Placeholders,
+    batch: &[Item],
+) -> anyhow::Result<Vec<Outcome>> {
+    let received_at = now();
+    let mut tx = conn.begin().await?;
+    // Reports go in multi-row statements: each statement is a round
+    // trip to the database (to sqlx's worker thread, for SQLite).
+    let reports: Vec<&crate::report::Report> = batch
+        .iter()
+        .filter_map(|item| match item {
+            Item::Report(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    for chunk in reports.chunks(REPORT_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
+                 ON CONFLICT (sender, id) DO NOTHING",
+            value_rows(chunk.len(), 6, placeholders)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(&r.sender)
+                .bind(&r.id)
+                .bind(&r.kind)
+                .bind(&r.at)
+                .bind(&r.payload)
+                .bind(&received_at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    // Presence row by row, in order: later changes of one JID win.
+    for item in batch {
+        if let Item::Presence(p) = item {
+            sqlx::query(
                     "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
                      resource = excluded.resource, available = excluded.available, show = excluded.show, \
@@ -265,17 +301,63 @@ impl Processor for SqlProcessor {
                 .bind(&received_at)
                 .execute(&mut *tx)
                 .await?;
-            }
         }
-        let outcomes = vec![Outcome::Done; batch.len()];
-        tx.commit().await?;
-        Ok(outcomes)
     }
+    let outcomes = vec![Outcome::Done; batch.len()];
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{value_rows, Placeholders};
+    use super::{value_rows, Placeholders, SqlProcessor};
+    use crate::report::{Item, Outcome, Report};
+    use crate::Processor;
+
+    fn report(id: &str) -> Item {
+        Item::Report(Report {
+            sender: "alice@localhost".into(),
+            sender_full: "alice@localhost/phone".into(),
+            id: id.into(),
+            kind: "meter.reading".into(),
+            at: None,
+            payload: "{}".into(),
+            wants_receipt: true,
+            iq_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_commits_nothing_and_the_next_one_works() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("reports.db").display());
+        let mut db = SqlProcessor::connect(&url).await.expect("database");
+        sqlx::query(
+            "CREATE TRIGGER boom BEFORE INSERT ON reports WHEN NEW.id = 'R-2' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        )
+        .execute(db.pool())
+        .await
+        .expect("trigger");
+        let failed = db.process(&[report("R-1"), report("R-2")]).await;
+        assert!(failed.is_err(), "{failed:?}");
+        // The batch's statement failed as a whole, and the connection it
+        // ran on holds no lock: another one writes at once.
+        assert_eq!(db.report_count().await.expect("count"), 0);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            sqlx::query("DROP TRIGGER boom").execute(db.pool()),
+        )
+        .await
+        .expect("the write lock is free")
+        .expect("drop trigger");
+        let done = db
+            .process(&[report("R-1"), report("R-2")])
+            .await
+            .expect("the next batch commits");
+        assert_eq!(done, [Outcome::Done, Outcome::Done]);
+        assert_eq!(db.report_count().await.expect("count"), 2);
+    }
 
     #[test]
     fn numbered_rows_count_on_across_rows() {

@@ -1406,6 +1406,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_queue_commit_changes_nothing_and_the_next_one_works() {
+        let (_dir, store) = new_store().await;
+        let first = store
+            .enqueue(&[queued("collect.localhost", 0, 3)])
+            .await
+            .expect("enqueued");
+        let Enqueued::Accepted(first) = first[0] else {
+            panic!("not accepted: {first:?}");
+        };
+        // The second insert of the next commit fails half-way through it.
+        sqlx::query(
+            "CREATE TRIGGER boom BEFORE INSERT ON queue_items WHEN NEW.stanza_id = 'R-2' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("trigger");
+        let failed = store
+            .queue_commit(
+                &[
+                    queued("collect.localhost", 1, 3),
+                    queued("collect.localhost", 2, 3),
+                ],
+                &[first],
+            )
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        // Nothing of it stayed, and it holds no lock: another connection
+        // writes at once.
+        let ids = |items: Vec<QueueItem>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|i| i.stanza_id.unwrap_or_default())
+                .collect()
+        };
+        let items = store
+            .queue_items("collect.localhost", 0, 10)
+            .await
+            .expect("items");
+        assert_eq!(ids(items), ["R-0"]);
+        tokio::time::timeout(Duration::from_secs(1), with_account(&store, "bob"))
+            .await
+            .expect("the write lock is free");
+        // The depth it counted went with it: two more fit the quota of 3.
+        let results = store
+            .enqueue(&[
+                queued("collect.localhost", 3, 3),
+                queued("collect.localhost", 4, 3),
+                queued("collect.localhost", 5, 3),
+            ])
+            .await
+            .expect("the next commit works");
+        assert!(
+            matches!(
+                results[..],
+                [
+                    Enqueued::Accepted(_),
+                    Enqueued::Accepted(_),
+                    Enqueued::OverQuota
+                ]
+            ),
+            "{results:?}"
+        );
+        let items = store
+            .queue_items("collect.localhost", 0, 10)
+            .await
+            .expect("items");
+        assert_eq!(ids(items), ["R-0", "R-3", "R-4"]);
+    }
+
+    #[tokio::test]
     async fn queued_items_come_back_in_the_form_they_were_stored() {
         let (_dir, store) = new_store().await;
         let mut answered = queued("collect.localhost", 1, 10);
