@@ -6,6 +6,8 @@
 //!   chunks (one Ethernet MTU per read); throughput is stanzas (frames).
 //! - `to_string/*`: `stanza::to_string` of a parsed stanza, as the queue
 //!   stores it.
+//! - `queue_form/*`: what the queue stores of a client's stanza: a copy
+//!   moved to `jabber:component:accept`, serialised.
 //! - `parse_stored/*`: a stored stanza string back into a minidom
 //!   `Element`, as the queue dispatcher does per item.
 //!
@@ -14,9 +16,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tributary_proto::stanza;
 use tributary_proto::xml::{Frame, Framer};
 use tributary_proto::Element;
+use tributary_proto::{ns, stanza};
 
 /// Stanzas per iteration of the framer benches.
 const STANZAS: usize = 1_000;
@@ -128,6 +130,15 @@ fn round_trip(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (kind, el) in &stanzas {
         g.bench_with_input(*kind, el, |b, el| b.iter(|| stanza::to_string(el)));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("queue_form");
+    g.throughput(Throughput::Elements(1));
+    for (kind, el) in &stanzas {
+        g.bench_with_input(*kind, el, |b, el| {
+            b.iter(|| stanza::to_string(&stanza::translated(el, ns::CLIENT, ns::COMPONENT_ACCEPT)))
+        });
     }
     g.finish();
 

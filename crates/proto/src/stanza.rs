@@ -128,18 +128,12 @@ pub fn error_reply(req: &Element, cond: StanzaErrorCondition, text: Option<&str>
 /// Moves an element and its descendants from one namespace to another
 /// (`jabber:client` and `jabber:component:accept` carry the same stanzas;
 /// RFC 6120 4.8.3 has servers translate between them).
-pub fn translate(el: Element, from_ns: &str, to_ns: &str) -> Element {
-    if !el.has_ns(from_ns) && !el.children().any(|c| c.has_ns(from_ns)) {
+pub fn translate(mut el: Element, from_ns: &str, to_ns: &str) -> Element {
+    if !needs_translation(&el, from_ns) {
         return el;
     }
-    let ns = if el.has_ns(from_ns) {
-        to_ns.to_owned()
-    } else {
-        el.ns()
-    };
-    let mut out = Element::bare(el.name(), ns);
-    *out.attrs_mut() = el.attrs().clone();
-    let mut el = el;
+    let mut out = translated_bare(&el, from_ns, to_ns);
+    *out.attrs_mut() = std::mem::take(el.attrs_mut());
     for node in el.take_nodes() {
         match node {
             minidom::Node::Element(child) => {
@@ -149,6 +143,39 @@ pub fn translate(el: Element, from_ns: &str, to_ns: &str) -> Element {
         }
     }
     out
+}
+
+/// [`translate`] of a copy of `el`, made as it is translated: what the
+/// queue stores of a client's stanza, which the connection keeps.
+pub fn translated(el: &Element, from_ns: &str, to_ns: &str) -> Element {
+    if !needs_translation(el, from_ns) {
+        return el.clone();
+    }
+    let mut out = translated_bare(el, from_ns, to_ns);
+    *out.attrs_mut() = el.attrs().clone();
+    for node in el.nodes() {
+        match node {
+            minidom::Node::Element(child) => {
+                out.append_child(translated(child, from_ns, to_ns));
+            }
+            minidom::Node::Text(t) => out.append_text_node(t.as_str()),
+        }
+    }
+    out
+}
+
+fn needs_translation(el: &Element, from_ns: &str) -> bool {
+    el.has_ns(from_ns) || el.children().any(|c| c.has_ns(from_ns))
+}
+
+/// `el`'s name in its translated namespace, without attributes or children.
+fn translated_bare(el: &Element, from_ns: &str, to_ns: &str) -> Element {
+    let ns = if el.has_ns(from_ns) {
+        to_ns.to_owned()
+    } else {
+        el.ns()
+    };
+    Element::bare(el.name(), ns)
 }
 
 /// Serialises an element as a string for writing on a stream.
@@ -205,6 +232,25 @@ mod tests {
         assert!(t
             .get_child("x", "urn:other")
             .is_some_and(|x| x.has_child("y", "urn:other")));
+    }
+
+    #[test]
+    fn a_translated_copy_is_the_translation_of_a_clone() {
+        for xml in [
+            "<message xmlns='jabber:client' to='a@b' id='1'><body>x &amp; y</body>\
+             <report xmlns='urn:tributary:report:0' id='1'><json xmlns='urn:xmpp:json:0'>{}</json></report></message>",
+            "<iq xmlns='jabber:client' type='get' id='2'><query xmlns='urn:other'><item xmlns='jabber:client'/></query></iq>",
+            "<presence xmlns='urn:other'/>",
+        ] {
+            let el: Element = xml.parse().expect("xml");
+            let copy = translated(&el, ns::CLIENT, ns::COMPONENT_ACCEPT);
+            assert_eq!(
+                copy,
+                translate(el.clone(), ns::CLIENT, ns::COMPONENT_ACCEPT),
+                "{xml}"
+            );
+            assert_eq!(el, xml.parse::<Element>().expect("xml"), "left as it was");
+        }
     }
 
     #[test]

@@ -292,7 +292,11 @@ impl Queues {
             queue,
             sender: sender.to_owned(),
             stanza_id: stanza_id.map(str::to_owned),
-            stanza: stanza::to_string(&to_accept_ns(stanza.clone())),
+            stanza: stanza::to_string(&stanza::translated(
+                stanza,
+                ns::CLIENT,
+                ns::COMPONENT_ACCEPT,
+            )),
             answerable: answerable(stanza) && stanza::from(stanza).is_some() && stanza_id.is_some(),
             dedup,
             quota,
