@@ -269,7 +269,7 @@ async fn commit(
     for chunk in reports.chunks(REPORT_ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
-                 ON CONFLICT (sender, id) DO NOTHING",
+             ON CONFLICT (sender, id) DO NOTHING",
             value_rows(chunk.len(), 6, placeholders)
         );
         let mut q = sqlx::query(&sql);
@@ -288,19 +288,19 @@ async fn commit(
     for item in batch {
         if let Item::Presence(p) = item {
             sqlx::query(
-                    "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
-                     resource = excluded.resource, available = excluded.available, show = excluded.show, \
-                     status = excluded.status, updated_at = excluded.updated_at",
-                )
-                .bind(&p.jid)
-                .bind(&p.resource)
-                .bind(i32::from(p.available))
-                .bind(&p.show)
-                .bind(&p.status)
-                .bind(&received_at)
-                .execute(&mut *tx)
-                .await?;
+                "INSERT INTO presence (jid, resource, available, show, status, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (jid) DO UPDATE SET \
+                 resource = excluded.resource, available = excluded.available, show = excluded.show, \
+                 status = excluded.status, updated_at = excluded.updated_at",
+            )
+            .bind(&p.jid)
+            .bind(&p.resource)
+            .bind(i32::from(p.available))
+            .bind(&p.show)
+            .bind(&p.status)
+            .bind(&received_at)
+            .execute(&mut *tx)
+            .await?;
         }
     }
     let outcomes = vec![Outcome::Done; batch.len()];
