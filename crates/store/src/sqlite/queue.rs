@@ -30,7 +30,7 @@ pub(super) struct QueueWriter {
     /// spawned task the next commit may wait for, and each of the pool's
     /// connections has a page cache of its own (in a 20 s `bench report`
     /// at 2,000/s: ~60,000 page reads with the pool, ~1,200 with this).
-    /// Dropped after an error, so that the next commit starts on a fresh
+    /// Closed after an error, so that the next commit starts on a fresh
     /// one.
     conn: Option<PoolConnection<Sqlite>>,
     /// Items per queue, once counted: this process is the only writer of
@@ -57,7 +57,9 @@ impl SqliteStore {
         };
         let result = commit_on(conn, depths, items, remove).await;
         if result.is_err() {
-            writer.conn = None;
+            if let Some(mut conn) = writer.conn.take() {
+                conn.close_on_drop();
+            }
         }
         result
     }
