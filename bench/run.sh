@@ -72,7 +72,7 @@ IDLE_DURATION=${IDLE_DURATION:-30}
 # report (Tributary only): reports to collect.localhost, stored and confirmed
 # by `tributary process`.
 REPORT_CLIENTS=${REPORT_CLIENTS:-1000}
-REPORT_RATES=${REPORT_RATES:-"1000 2000 3000 5000 7500 10000 20000"}
+REPORT_RATES=${REPORT_RATES:-"1000 1500 2000 2500 3000 4000 5000 7500 10000 20000"}
 REPORT_SM=${REPORT_SM:---sm}
 # drain (Tributary only): DRAIN_CLIENTS send DRAIN_RATE reports/s for
 # DRAIN_SECONDS with the processor stopped (the backlog: rate x seconds),
@@ -83,7 +83,7 @@ DRAIN_SECONDS=${DRAIN_SECONDS:-20}
 # mqtt (Mosquitto, over TLS on MQTTS_PORT): QoS 1 publishes between the
 # clients, each to its own topic; PUBACK and delivery latency.
 MQTT_CLIENTS=${MQTT_CLIENTS:-1000}
-MQTT_RATES=${MQTT_RATES:-"1000 2000 5000 10000 15000 20000"}
+MQTT_RATES=${MQTT_RATES:-"1000 2000 5000 7500 10000 12500 15000 20000"}
 
 MODE=full
 DO_INSTALL=1
