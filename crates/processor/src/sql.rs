@@ -249,16 +249,14 @@ impl Processor for SqlProcessor {
     }
 }
 
-/// Commits one batch on `conn` in one transaction.
+/// Commits one batch on `conn`: in one transaction, or, for a batch of
+/// reports that fits one statement, as that statement alone.
 async fn commit(
     conn: &mut AnyConnection,
     placeholders: Placeholders,
     batch: &[Item],
 ) -> anyhow::Result<Vec<Outcome>> {
     let received_at = now();
-    let mut tx = conn.begin().await?;
-    // Reports go in multi-row statements: each statement is a round
-    // trip to the database (to sqlx's worker thread, for SQLite).
     let reports: Vec<&crate::report::Report> = batch
         .iter()
         .filter_map(|item| match item {
@@ -266,23 +264,17 @@ async fn commit(
             _ => None,
         })
         .collect();
+    let presence = batch.iter().any(|item| matches!(item, Item::Presence(_)));
+    if !presence && reports.len() <= REPORT_ROWS_PER_STATEMENT {
+        // One statement is atomic and, with synchronous=FULL, on disk when
+        // it returns: BEGIN and COMMIT would add two round trips to the
+        // database (to sqlx's worker thread, for SQLite) per batch.
+        insert_reports(&mut *conn, placeholders, &reports, &received_at).await?;
+        return Ok(vec![Outcome::Done; batch.len()]);
+    }
+    let mut tx = conn.begin().await?;
     for chunk in reports.chunks(REPORT_ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
-             ON CONFLICT (sender, id) DO NOTHING",
-            value_rows(chunk.len(), 6, placeholders)
-        );
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(&r.sender)
-                .bind(&r.id)
-                .bind(&r.kind)
-                .bind(&r.at)
-                .bind(&r.payload)
-                .bind(&received_at);
-        }
-        q.execute(&mut *tx).await?;
+        insert_reports(&mut tx, placeholders, chunk, &received_at).await?;
     }
     // Presence row by row, in order: later changes of one JID win.
     for item in batch {
@@ -303,9 +295,38 @@ async fn commit(
             .await?;
         }
     }
-    let outcomes = vec![Outcome::Done; batch.len()];
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(vec![Outcome::Done; batch.len()])
+}
+
+/// Inserts `reports` (at most [`REPORT_ROWS_PER_STATEMENT`]) in one
+/// multi-row statement; copies of stored ones are no-ops.
+async fn insert_reports(
+    conn: &mut AnyConnection,
+    placeholders: Placeholders,
+    reports: &[&crate::report::Report],
+    received_at: &str,
+) -> anyhow::Result<()> {
+    if reports.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO reports (sender, id, kind, at, payload, received_at) VALUES {} \
+         ON CONFLICT (sender, id) DO NOTHING",
+        value_rows(reports.len(), 6, placeholders)
+    );
+    let mut q = sqlx::query(&sql);
+    for r in reports {
+        q = q
+            .bind(&r.sender)
+            .bind(&r.id)
+            .bind(&r.kind)
+            .bind(&r.at)
+            .bind(&r.payload)
+            .bind(received_at);
+    }
+    q.execute(conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -357,6 +378,34 @@ mod tests {
             .expect("the next batch commits");
         assert_eq!(done, [Outcome::Done, Outcome::Done]);
         assert_eq!(db.report_count().await.expect("count"), 2);
+    }
+
+    #[tokio::test]
+    async fn batches_of_every_shape_commit_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("reports.db").display());
+        let mut db = SqlProcessor::connect(&url).await.expect("database");
+        // One statement's worth, then more than one statement takes, with
+        // a presence change among them (one transaction for all).
+        let small: Vec<Item> = (0..3).map(|n| report(&format!("R-{n}"))).collect();
+        let mut large: Vec<Item> = (0..1_200).map(|n| report(&format!("R-{n}"))).collect();
+        large.push(Item::Presence(crate::report::PresenceUpdate {
+            jid: "alice@localhost".into(),
+            resource: "phone".into(),
+            available: true,
+            show: None,
+            status: None,
+        }));
+        for batch in [&small, &large, &small, &large] {
+            let done = db.process(batch).await.expect("committed");
+            assert_eq!(done.len(), batch.len());
+            assert!(done.iter().all(|o| *o == Outcome::Done), "{done:?}");
+        }
+        // Copies were no-ops.
+        assert_eq!(db.report_count().await.expect("count"), 1_200);
+        let online = db.online().await.expect("online");
+        assert_eq!(online.len(), 1);
+        assert_eq!(online[0].jid, "alice@localhost");
     }
 
     #[test]
