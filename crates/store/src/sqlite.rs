@@ -1416,6 +1416,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_copy_merges_with_its_queued_item_even_at_the_quota() {
+        let (_dir, store) = new_store().await;
+        let mut first = queued("collect.localhost", 1, 2);
+        first.dedup = Some("alice@localhost\nR-1".into());
+        let results = store.enqueue(&[first.clone()]).await.expect("enqueued");
+        let [Enqueued::Accepted(id)] = results[..] else {
+            panic!("{results:?}")
+        };
+        // Counted as new, the copy would take the last place and leave
+        // none for the stanza after it.
+        let results = store
+            .enqueue(&[first.clone(), queued("collect.localhost", 2, 2)])
+            .await
+            .expect("enqueued");
+        assert!(
+            matches!(results[..], [Enqueued::AlreadyQueued(i), Enqueued::Accepted(_)] if i == id),
+            "{results:?}"
+        );
+        // Full now: a copy still merges, a new stanza is refused.
+        let results = store
+            .enqueue(&[first, queued("collect.localhost", 3, 2)])
+            .await
+            .expect("enqueued");
+        assert!(
+            matches!(results[..], [Enqueued::AlreadyQueued(i), Enqueued::OverQuota] if i == id),
+            "{results:?}"
+        );
+        let depths = store.queue_depths().await.expect("depths");
+        assert_eq!(depths[0].depth, 2);
+    }
+
+    #[tokio::test]
     async fn a_failed_queue_commit_changes_nothing_and_the_next_one_works() {
         let (_dir, store) = new_store().await;
         let first = store

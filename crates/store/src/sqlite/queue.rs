@@ -1,7 +1,10 @@
 //! The durable component queues on SQLite: one transaction per group
 //! commit, with as few statements as possible, because each statement is a
 //! round trip to sqlx's SQLite worker thread and the writer's batches hold
-//! up to a thousand stanzas.
+//! up to a thousand stanzas. A batch that only adds or only deletes and
+//! fits one statement runs as that statement alone, without BEGIN and
+//! COMMIT; copies of queued stanzas are found by their inserts' conflicts
+//! rather than looked up beforehand.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,7 +21,8 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// What a batch does with one enqueue request.
 enum Plan {
     Done(Enqueued),
-    /// Inserted as row `n` of the batch's inserts.
+    /// Row `n` of the batch's inserts: a new item, or, if its key is
+    /// queued already, that item.
     Insert(usize),
 }
 
@@ -60,6 +64,10 @@ impl SqliteStore {
             if let Some(mut conn) = writer.conn.take() {
                 conn.close_on_drop();
             }
+            // A failure after an insert committed on its own (looking up
+            // the keys it conflicted with) leaves the depths behind: they
+            // are counted again on their next use.
+            writer.depths.clear();
         }
         result
     }
@@ -67,88 +75,136 @@ impl SqliteStore {
 
 async fn commit_on(
     conn: &mut SqliteConnection,
-    cached: &mut HashMap<String, u64>,
+    depths: &mut HashMap<String, u64>,
     items: &[NewQueueItem],
     remove: &[i64],
 ) -> Result<Vec<Enqueued>> {
-    // See the module documentation of `sqlite.rs` for IMMEDIATE.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-
-    let existing = existing_keys(&mut tx, items).await?;
-    let mut depths: HashMap<&str, u64> = HashMap::new();
     for item in items {
-        if !depths.contains_key(item.queue.as_str()) {
-            let depth = match cached.get(&item.queue) {
-                Some(d) => *d,
-                None => count(&mut tx, &item.queue).await?,
-            };
-            depths.insert(&item.queue, depth);
+        if !depths.contains_key(&item.queue) {
+            let depth = count(conn, &item.queue).await?;
+            depths.insert(item.queue.clone(), depth);
         }
     }
-
-    // Decide every request in order: copies of queued items (or of an
-    // earlier request of this batch) merge, the rest fit the quota or not.
-    let mut plans = Vec::with_capacity(items.len());
-    let mut inserts: Vec<&NewQueueItem> = Vec::new();
-    let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
-    for item in items {
-        let key = item.dedup.as_deref().map(|k| (item.queue.as_str(), k));
-        if let Some(id) = key.and_then(|k| existing.get(&k)) {
-            plans.push(Plan::Done(Enqueued::AlreadyQueued(*id)));
-            continue;
+    // A copy of a queued stanza is found by its insert, which its key makes
+    // a no-op, without looking the keys up first. Unless the quota turns a
+    // request away: whether the copies merge decides what fits, so then the
+    // keys are looked up before planning.
+    let mut batch = Batch::plan(items, &HashMap::new(), depths);
+    let look_up_first = batch.refuses_some && items.iter().any(|i| i.dedup.is_some());
+    let one_statement = !look_up_first
+        && ((remove.is_empty() && batch.inserts.len() <= ROWS_PER_STATEMENT)
+            || (items.is_empty() && remove.len() <= ROWS_PER_STATEMENT));
+    let (inserted, removed) = if one_statement {
+        // One statement is atomic and, with synchronous=FULL, on disk when
+        // it returns: BEGIN and COMMIT would be two more round trips to
+        // sqlx's worker thread. The rows a conflict points at cannot go
+        // before they are looked up: every change to the queue tables is
+        // made under the writer's lock, held by this commit.
+        let inserted = insert_rows(conn, &batch.inserts).await?;
+        (inserted, delete_rows(conn, remove).await?)
+    } else {
+        // See the module documentation of `sqlite.rs` for IMMEDIATE.
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        if look_up_first {
+            let existing = existing_keys(&mut tx, items.iter()).await?;
+            batch = Batch::plan(items, &existing, depths);
         }
-        if let Some(n) = key.and_then(|k| batch_keys.get(&k)) {
-            plans.push(Plan::Insert(*n));
-            continue;
-        }
-        let depth = depths.entry(&item.queue).or_default();
-        if *depth >= item.quota {
-            plans.push(Plan::Done(Enqueued::OverQuota));
-            continue;
-        }
-        *depth += 1;
-        if let Some(k) = key {
-            batch_keys.insert(k, inserts.len());
-        }
-        plans.push(Plan::Insert(inserts.len()));
-        inserts.push(item);
-    }
+        let inserted = insert_rows(&mut tx, &batch.inserts).await?;
+        // Deleted after the inserts: a copy of an item acknowledged in this
+        // very batch is merged with it (its answer is about to go out).
+        let removed = delete_rows(&mut tx, remove).await?;
+        tx.commit().await?;
+        (inserted, removed)
+    };
 
-    let ids = insert_rows(&mut tx, &inserts).await?;
-    let mut created: HashSet<usize> = HashSet::new();
-    let out = plans
-        .into_iter()
-        .map(|plan| match plan {
-            Plan::Done(result) => result,
-            // The first request for a row created it; later ones merge.
-            Plan::Insert(n) if created.insert(n) => Enqueued::Accepted(ids[n]),
-            Plan::Insert(n) => Enqueued::AlreadyQueued(ids[n]),
-        })
-        .collect();
-
-    // Deleted after the inserts: a copy of an item acknowledged in this
-    // very batch is merged with it (its answer is about to go out).
-    let removed = delete_rows(&mut tx, remove).await?;
-    tx.commit().await?;
-
-    for (queue, depth) in depths {
-        cached.insert(queue.to_owned(), depth);
+    for (item, row) in batch.inserts.iter().zip(&inserted) {
+        if let Row::Inserted(_) = row {
+            *depths.entry(item.queue.clone()).or_default() += 1;
+        }
     }
     for (queue, n) in removed {
-        // Queues this batch did not count are counted on their next use.
-        if let Some(depth) = cached.get_mut(&queue) {
+        if let Some(depth) = depths.get_mut(&queue) {
             *depth = depth.saturating_sub(n);
         }
     }
-    Ok(out)
+    let mut created: HashSet<usize> = HashSet::new();
+    Ok(batch
+        .plans
+        .into_iter()
+        .map(|plan| match plan {
+            Plan::Done(result) => result,
+            Plan::Insert(n) => match inserted[n] {
+                // The first request for a row created it; later ones merge.
+                Row::Inserted(id) if created.insert(n) => Enqueued::Accepted(id),
+                Row::Inserted(id) | Row::Queued(id) => Enqueued::AlreadyQueued(id),
+            },
+        })
+        .collect())
 }
 
-type Tx<'c> = sqlx::Transaction<'c, Sqlite>;
+/// What a batch does with each enqueue request, and the rows it inserts.
+struct Batch<'i> {
+    plans: Vec<Plan>,
+    inserts: Vec<&'i NewQueueItem>,
+    /// Some request is over its queue's quota.
+    refuses_some: bool,
+}
+
+impl<'i> Batch<'i> {
+    /// Decides every request in order: copies of queued items (`existing`)
+    /// or of an earlier request of the batch merge, the rest fit the quota
+    /// (from `depths`, which holds every queue of `items`) or not.
+    fn plan(
+        items: &'i [NewQueueItem],
+        existing: &HashMap<(&str, &str), i64>,
+        depths: &HashMap<String, u64>,
+    ) -> Batch<'i> {
+        let mut depths: HashMap<&str, u64> = depths.iter().map(|(q, d)| (q.as_str(), *d)).collect();
+        let mut batch = Batch {
+            plans: Vec::with_capacity(items.len()),
+            inserts: Vec::new(),
+            refuses_some: false,
+        };
+        let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
+        for item in items {
+            let key = item.dedup.as_deref().map(|k| (item.queue.as_str(), k));
+            if let Some(id) = key.and_then(|k| existing.get(&k)) {
+                batch.plans.push(Plan::Done(Enqueued::AlreadyQueued(*id)));
+                continue;
+            }
+            if let Some(n) = key.and_then(|k| batch_keys.get(&k)) {
+                batch.plans.push(Plan::Insert(*n));
+                continue;
+            }
+            let depth = depths.entry(&item.queue).or_default();
+            if *depth >= item.quota {
+                batch.plans.push(Plan::Done(Enqueued::OverQuota));
+                batch.refuses_some = true;
+                continue;
+            }
+            *depth += 1;
+            if let Some(k) = key {
+                batch_keys.insert(k, batch.inserts.len());
+            }
+            batch.plans.push(Plan::Insert(batch.inserts.len()));
+            batch.inserts.push(item);
+        }
+        batch
+    }
+}
+
+/// What became of one row of a batch's inserts.
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    Inserted(i64),
+    /// Not inserted: an item with its key was queued already, this one.
+    Queued(i64),
+}
 
 /// Ids of queued items having the dedup keys of `items`, by (queue, key).
 async fn existing_keys<'i>(
-    tx: &mut Tx<'_>,
-    items: &'i [NewQueueItem],
+    conn: &mut SqliteConnection,
+    items: impl Iterator<Item = &'i NewQueueItem>,
 ) -> Result<HashMap<(&'i str, &'i str), i64>> {
     let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
     for item in items {
@@ -169,7 +225,7 @@ async fn existing_keys<'i>(
             }
             // Borrow each key from the batch rather than the row.
             let batch_keys: HashSet<&'i str> = chunk.iter().copied().collect();
-            for (key, id) in q.fetch_all(&mut **tx).await? {
+            for (key, id) in q.fetch_all(&mut *conn).await? {
                 if let Some(k) = batch_keys.get(key.as_str()) {
                     found.insert((queue, *k), id);
                 }
@@ -179,26 +235,27 @@ async fn existing_keys<'i>(
     Ok(found)
 }
 
-async fn count(tx: &mut Tx<'_>, queue: &str) -> Result<u64> {
+async fn count(conn: &mut SqliteConnection, queue: &str) -> Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_items WHERE queue = ?")
         .bind(queue)
-        .fetch_one(&mut **tx)
+        .fetch_one(conn)
         .await?;
     Ok(count_from("queue items", n)? as u64)
 }
 
-/// Inserts `rows` and returns their ids in the same order.
-async fn insert_rows(tx: &mut Tx<'_>, rows: &[&NewQueueItem]) -> Result<Vec<i64>> {
+/// Inserts `rows` (no two with the same queue and key) and tells for each,
+/// in order, its new id, or the id of the queued item with its key.
+async fn insert_rows(conn: &mut SqliteConnection, rows: &[&NewQueueItem]) -> Result<Vec<Row>> {
     let now = unix_millis();
-    let mut ids = Vec::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, 1, ?)"; chunk.len()].join(", ");
         let sql = format!(
             "INSERT INTO queue_items \
              (queue, sender, stanza_id, stanza, dedup, enqueued_at, form, answerable) \
-             VALUES {values} RETURNING id"
+             VALUES {values} ON CONFLICT DO NOTHING RETURNING id, queue, dedup"
         );
-        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        let mut q = sqlx::query_as::<_, (i64, String, Option<String>)>(&sql);
         for item in chunk {
             q = q
                 .bind(&item.queue)
@@ -209,17 +266,55 @@ async fn insert_rows(tx: &mut Tx<'_>, rows: &[&NewQueueItem]) -> Result<Vec<i64>
                 .bind(now)
                 .bind(item.answerable);
         }
-        let mut chunk_ids = q.fetch_all(&mut **tx).await?;
+        let mut returned = q.fetch_all(&mut *conn).await?;
         // SQLite gives the rows of one statement increasing ids in VALUES
         // order but does not promise the order of RETURNING.
-        chunk_ids.sort_unstable();
-        ids.extend(chunk_ids);
+        returned.sort_unstable_by_key(|(id, _, _)| *id);
+        let mut keyed: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut unkeyed = Vec::new();
+        for (id, queue, key) in &returned {
+            match key {
+                Some(k) => {
+                    keyed.insert((queue.as_str(), k.as_str()), *id);
+                }
+                None => unkeyed.push(*id),
+            }
+        }
+        let mut unkeyed = unkeyed.into_iter();
+        let ids: Vec<Option<i64>> = chunk
+            .iter()
+            .map(|item| match &item.dedup {
+                Some(k) => keyed.get(&(item.queue.as_str(), k.as_str())).copied(),
+                None => unkeyed.next(),
+            })
+            .collect();
+        // A row left out has the key of a queued item: that one's id.
+        let left_out = chunk.iter().zip(&ids).filter(|(_, id)| id.is_none());
+        let existing = if ids.iter().any(Option::is_none) {
+            existing_keys(conn, left_out.map(|(item, _)| *item)).await?
+        } else {
+            HashMap::new()
+        };
+        for (item, id) in chunk.iter().zip(ids) {
+            out.push(match id {
+                Some(id) => Row::Inserted(id),
+                None => {
+                    let key = (
+                        item.queue.as_str(),
+                        item.dedup.as_deref().unwrap_or_default(),
+                    );
+                    Row::Queued(*existing.get(&key).ok_or_else(|| {
+                        super::corrupt(format!("queue item {key:?} neither inserted nor queued"))
+                    })?)
+                }
+            });
+        }
     }
-    Ok(ids)
+    Ok(out)
 }
 
 /// Deletes the items `ids`; returns how many went from each queue.
-async fn delete_rows(tx: &mut Tx<'_>, ids: &[i64]) -> Result<HashMap<String, u64>> {
+async fn delete_rows(conn: &mut SqliteConnection, ids: &[i64]) -> Result<HashMap<String, u64>> {
     let mut removed: HashMap<String, u64> = HashMap::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
@@ -230,7 +325,7 @@ async fn delete_rows(tx: &mut Tx<'_>, ids: &[i64]) -> Result<HashMap<String, u64
         for id in chunk {
             q = q.bind(id);
         }
-        for queue in q.fetch_all(&mut **tx).await? {
+        for queue in q.fetch_all(&mut *conn).await? {
             *removed.entry(queue).or_default() += 1;
         }
     }
