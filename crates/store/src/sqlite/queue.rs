@@ -117,9 +117,10 @@ async fn commit_on(
         (inserted, removed)
     };
 
+    // Every queue of the batch was counted above.
     for (item, row) in batch.inserts.iter().zip(&inserted) {
-        if let Row::Inserted(_) = row {
-            *depths.entry(item.queue.clone()).or_default() += 1;
+        if let (Row::Inserted(_), Some(depth)) = (row, depths.get_mut(&item.queue)) {
+            *depth += 1;
         }
     }
     for (queue, n) in removed {
