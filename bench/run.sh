@@ -50,6 +50,12 @@ MQTTS_PORT=${MQTTS_PORT:-28883}
 P99_LIMIT_MS=${P99_LIMIT_MS:-50}         # chat, report, mqtt
 LOGIN_P99_LIMIT_MS=${LOGIN_P99_LIMIT_MS:-200}  # login storm (TLS + SCRAM + bind per login)
 MIN_ACHIEVED=${MIN_ACHIEVED:-0.95}       # achieved/offered below this also stops the steps
+# A step that is not sustained is run again, up to STEP_TRIES tries in all,
+# for every server alike: on this VM a single disk or scheduler stall of a
+# few tens of ms fails a 20 s step, and without this one stall decided
+# where a server's steps ended. A rate counts as sustained if one of its
+# tries is; every try is recorded and shown in RESULTS.md.
+STEP_TRIES=${STEP_TRIES:-3}
 
 # chat: CHAT_CLIENTS online clients send one-to-one messages to each other.
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
@@ -75,11 +81,12 @@ REPORT_CLIENTS=${REPORT_CLIENTS:-1000}
 REPORT_RATES=${REPORT_RATES:-"1000 1500 2000 2500 3000 4000 5000 7500 10000 20000"}
 REPORT_SM=${REPORT_SM:---sm}
 # drain (Tributary only): DRAIN_CLIENTS send DRAIN_RATE reports/s for
-# DRAIN_SECONDS with the processor stopped (the backlog: rate x seconds),
-# then `tributary bench` starts the processor and times the delivery.
+# DRAIN_SECONDS with the processor stopped (the backlog: rate x seconds,
+# 1,000,000 as in the target), then `tributary bench` starts the processor
+# and times the delivery.
 DRAIN_CLIENTS=${DRAIN_CLIENTS:-100}
-DRAIN_RATE=${DRAIN_RATE:-5000}
-DRAIN_SECONDS=${DRAIN_SECONDS:-20}
+DRAIN_RATE=${DRAIN_RATE:-10000}
+DRAIN_SECONDS=${DRAIN_SECONDS:-100}
 # mqtt (Mosquitto, over TLS on MQTTS_PORT): QoS 1 publishes between the
 # clients, each to its own topic; PUBACK and delivery latency.
 MQTT_CLIENTS=${MQTT_CLIENTS:-1000}
@@ -602,15 +609,48 @@ print("%g" % rate)
 EOF
 }
 
+# step server scenario limit_ms rate [gen args...]: runs one offered rate up
+# to STEP_TRIES times, until a try is sustained (exit 0); exit 1 if none is,
+# 2 if the generator failed. STEP_HOOK, if set, is run after every try with
+# the rate as its argument.
+step() {
+    local s=$1 sc=$2 limit=$3 r=$4; shift 4
+    local t
+    for t in $(seq "$STEP_TRIES"); do
+        [ "$t" = 1 ] || info "not sustained at $r/s: try $t of $STEP_TRIES"
+        gen "$s" "$sc" --rate "$r" "$@" || return 2
+        [ -z "${STEP_HOOK:-}" ] || "$STEP_HOOK" "$r"
+        if sustained "$s" "$limit"; then return 0; fi
+    done
+    return 1
+}
+
 # steps server scenario limit_ms clients rates [extra args...]
 steps() {
     local s=$1 sc=$2 limit=$3 clients=$4 rates=$5; shift 5
-    local r
-    log "$s: $sc, $clients clients, offered rates $rates /s (${WARMUP}s warm-up + ${DURATION}s each; stop once p99 > ${limit} ms, a loss, or achieved < ${MIN_ACHIEVED} x offered)"
+    local r rc
+    log "$s: $sc, $clients clients, offered rates $rates /s (${WARMUP}s warm-up + ${DURATION}s each; stop once p99 > ${limit} ms, a loss, or achieved < ${MIN_ACHIEVED} x offered in each of $STEP_TRIES tries)"
     for r in $rates; do
-        gen "$s" "$sc" --clients "$clients" --rate "$r" --duration "$DURATION" --warmup "$WARMUP" "$@" || { info "stopping $sc steps"; break; }
-        if ! sustained "$s" "$limit"; then info "not sustained at $r/s: no higher rates"; break; fi
+        rc=0
+        step "$s" "$sc" "$limit" "$r" --clients "$clients" --duration "$DURATION" --warmup "$WARMUP" "$@" || rc=$?
+        case $rc in
+            0) ;;
+            1) info "not sustained at $r/s in $STEP_TRIES tries: no higher rates"; break;;
+            *) info "stopping $sc steps"; break;;
+        esac
     done
+}
+
+# The processor is a second process on the server side; its CPU for each
+# report try (warm-up included) is recorded next to the generator's line.
+PROC_CPU_T0=0
+record_processor_cpu() { # rate
+    local ppid t1
+    ppid=$(cat "$RUN/tributary/process.pid")
+    t1=$(cpu_ticks "$ppid")
+    printf '{"scenario": "report", "offered_rate": %s, "processor_cpu_s": %s, "processor_rss_kb": %s}\n' \
+        "$1" "$(awk -v a="$PROC_CPU_T0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}')" "$(rss_kb "$ppid")" >> "$RESULTS/tributary.processor.jsonl"
+    PROC_CPU_T0=$t1
 }
 
 run_scenarios() {
@@ -625,20 +665,9 @@ run_scenarios() {
         gen "$s" idle --clients "$IDLE_CLIENTS" --rate "$irate" --duration "$IDLE_DURATION" || true
     fi
     if [ "$s" = tributary ] && has_scenario report; then
-        local ppid r t0 t1
-        ppid=$(cat "$RUN/tributary/process.pid")
-        log "tributary: report to collect.$DOMAIN, $REPORT_CLIENTS clients, offered rates $REPORT_RATES /s"
-        for r in $REPORT_RATES; do
-            t0=$(cpu_ticks "$ppid")
-            gen tributary report --to "collect.$DOMAIN" --clients "$REPORT_CLIENTS" --rate "$r" \
-                --duration "$DURATION" --warmup "$WARMUP" $REPORT_SM || { info "stopping report steps"; break; }
-            t1=$(cpu_ticks "$ppid")
-            # The processor is a second process on the server side; its CPU
-            # (warm-up included) is recorded next to the generator's line.
-            printf '{"scenario": "report", "offered_rate": %s, "processor_cpu_s": %s, "processor_rss_kb": %s}\n' \
-                "$r" "$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}')" "$(rss_kb "$ppid")" >> "$RESULTS/tributary.processor.jsonl"
-            if ! sustained tributary "$P99_LIMIT_MS"; then info "not sustained at $r/s: no higher rates"; break; fi
-        done
+        PROC_CPU_T0=$(cpu_ticks "$(cat "$RUN/tributary/process.pid")")
+        STEP_HOOK=record_processor_cpu steps tributary report "$P99_LIMIT_MS" "$REPORT_CLIENTS" "$REPORT_RATES" \
+            --to "collect.$DOMAIN" $REPORT_SM
     fi
     if [ "$s" = tributary ] && has_scenario drain; then
         local d=$RUN/tributary proc_cmd
@@ -698,7 +727,7 @@ json.dump({"mode": mode, "servers": servers.split(), "date_utc": time.strftime("
            "have_bench": have_bench == "1", "bench_scenarios": scen.split(),
            "params": {"server_cpu": $SERVER_CPU, "gen_cpu": $GEN_CPU, "log_level": "$LOG_LEVEL",
                       "p99_limit_ms": $P99_LIMIT_MS, "login_p99_limit_ms": $LOGIN_P99_LIMIT_MS,
-                      "min_achieved": $MIN_ACHIEVED, "users": $NUSERS,
+                      "min_achieved": $MIN_ACHIEVED, "step_tries": $STEP_TRIES, "users": $NUSERS,
                       "chat_clients": $CHAT_CLIENTS, "chat_rates": "$CHAT_RATES", "chat_sm": "$CHAT_SM",
                       "duration_s": $DURATION, "warmup_s": $WARMUP,
                       "login_clients": $LOGIN_CLIENTS, "login_rates": "$LOGIN_RATES",
