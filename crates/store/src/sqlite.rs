@@ -13,16 +13,19 @@
 //! timeout.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::error::ErrorKind;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tributary_proto::scram::ScramKeys;
 
 mod queue;
@@ -58,6 +61,14 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The component queues' writer state (see `queue.rs`).
     queue_writer: Arc<tokio::sync::Mutex<queue::QueueWriter>>,
+    /// A connection kept for the reads every login makes (credentials,
+    /// block list). sqlx pings each connection given back to its pool, a
+    /// second round trip to the connection's worker thread for every
+    /// query; kept, it is never given back. One at a time: each read takes
+    /// tens of microseconds, so this serialises nothing a login storm
+    /// notices. Closed after an error, so that the next read starts on a
+    /// fresh one.
+    login_reader: Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
 }
 
 impl SqliteStore {
@@ -93,7 +104,27 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             queue_writer: Default::default(),
+            login_reader: Default::default(),
         })
+    }
+
+    /// Runs `read` on the kept login reader (see `login_reader`).
+    async fn login_read<T>(
+        &self,
+        read: impl for<'c> FnOnce(&'c mut SqliteConnection) -> ReadFuture<'c, T>,
+    ) -> Result<T> {
+        let mut kept = self.login_reader.lock().await;
+        let conn = match &mut *kept {
+            Some(c) => c,
+            None => kept.insert(self.pool.acquire().await?),
+        };
+        let result = read(conn).await;
+        if result.is_err() {
+            if let Some(mut conn) = kept.take() {
+                conn.close_on_drop();
+            }
+        }
+        Ok(result?)
     }
 
     /// Starts a transaction that already holds the write lock; see the
@@ -118,6 +149,9 @@ fn no_account_on_fk(e: sqlx::Error) -> StoreError {
         _ => StoreError::Database(e),
     }
 }
+
+/// A query running on a borrowed connection.
+type ReadFuture<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
 
 /// Columns of `accounts` after `user`, in the order the queries select them.
 type CredentialsRow = (Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
@@ -255,13 +289,19 @@ impl Store for SqliteStore {
     }
 
     async fn credentials(&self, user: &str) -> Result<Option<Credentials>> {
-        let row: Option<CredentialsRow> = sqlx::query_as(
-            "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, sha256_server \
-             FROM accounts WHERE user = ?",
-        )
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?;
+        let key = user.to_owned();
+        let row: Option<CredentialsRow> = self
+            .login_read(|conn| {
+                Box::pin(
+                    sqlx::query_as(
+                        "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, \
+                         sha256_server FROM accounts WHERE user = ?",
+                    )
+                    .bind(key)
+                    .fetch_optional(conn),
+                )
+            })
+            .await?;
         row.map(|row| credentials_from_row(user, row)).transpose()
     }
 
@@ -505,11 +545,15 @@ impl Store for SqliteStore {
     }
 
     async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
-        let jids = sqlx::query_scalar("SELECT jid FROM blocklist WHERE user = ? ORDER BY jid")
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(jids)
+        let key = user.to_owned();
+        self.login_read(|conn| {
+            Box::pin(
+                sqlx::query_scalar("SELECT jid FROM blocklist WHERE user = ? ORDER BY jid")
+                    .bind(key)
+                    .fetch_all(conn),
+            )
+        })
+        .await
     }
 
     async fn block(&self, user: &str, jids: &[String]) -> Result<()> {
@@ -725,6 +769,35 @@ mod tests {
         assert_eq!(stored, new);
         assert!(stored.verify_prepped_password(b"new password"));
         assert!(!stored.verify_prepped_password(b"secret"));
+    }
+
+    /// The kept login reader sees what another process (the `tributary
+    /// user` CLI) commits after it first read: a changed password, a
+    /// removed account, a blocked JID.
+    #[tokio::test]
+    async fn the_login_reader_sees_changes_made_by_another_process() {
+        let (dir, server) = new_store().await;
+        with_account(&server, "alice").await;
+        with_account(&server, "bob").await;
+        assert!(server.credentials("alice").await.expect("read").is_some());
+        assert!(server.blocklist("alice").await.expect("read").is_empty());
+
+        let cli = SqliteStore::open(&dir.path().join("tributary.db"))
+            .await
+            .expect("open a second time");
+        let new = creds("changed elsewhere");
+        cli.set_credentials("alice", &new).await.expect("set");
+        cli.delete_account("bob").await.expect("delete");
+        cli.block("alice", &["eve@example.org".to_owned()])
+            .await
+            .expect("block");
+
+        assert_eq!(server.credentials("alice").await.expect("read"), Some(new));
+        assert_eq!(server.credentials("bob").await.expect("read"), None);
+        assert_eq!(
+            server.blocklist("alice").await.expect("read"),
+            vec!["eve@example.org".to_owned()]
+        );
     }
 
     #[tokio::test]
