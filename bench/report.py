@@ -310,6 +310,12 @@ def main():
     w("| RAM | %s GiB |" % m.get("ram_gib"))
     w("| kernel | %s (%s) |" % (m.get("kernel"), m.get("arch")))
     w("| OS | %s |" % m.get("os"))
+    probes = read_jsonl(os.path.join(R, "fsync.jsonl"))
+    if probes:
+        w("| disk: 4 KiB write + fsync in the run directory, %s times (p50 / p99 / max) | %s |" % (
+            probes[0].get("count", "?"),
+            "; ".join("%s %s / %s / %s ms" % (p.get("label", "?"), fmt(num(p, "p50_ms"), 2), fmt(num(p, "p99_ms"), 2),
+                                               fmt(num(p, "max_ms"), 2)) for p in probes)))
     w("| other CPU activity before the run | %s%% of both cores busy (2 s sample); load average at start %s, at end %s (the latter includes the benchmark) |"
       % (run.get("cpu_busy_at_start_pct", "?"), run.get("loadavg_at_start", "?"), env.get("loadavg_at_end", "?")))
     w("| pinning | server under test on core %s, load generator on core %s (`taskset -c`), the same for every server; one server at a time |"

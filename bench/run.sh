@@ -591,6 +591,34 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+# fsync_probe label: the latency of a 4 KiB write + fsync in $RUN (the
+# disk every server's data is on), 200 times; one JSON line in
+# $RESULTS/fsync.jsonl. Tributary acknowledges a report only after its
+# commit's fsync, so its report figures move with this disk's latency,
+# which on a VM changes from minute to minute.
+fsync_probe() {
+    python3 - "$RUN" "$1" >> "$RESULTS/fsync.jsonl" <<'EOF'
+import json, os, sys, time
+d, label = sys.argv[1], sys.argv[2]
+path = os.path.join(d, "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+block, ms = os.urandom(4096), []
+try:
+    for i in range(200):
+        t = time.perf_counter()
+        os.pwrite(fd, block, i * 4096)
+        os.fsync(fd)
+        ms.append((time.perf_counter() - t) * 1000)
+finally:
+    os.close(fd)
+    os.unlink(path)
+ms.sort()
+print(json.dumps({"label": label, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "count": len(ms),
+                  "p50_ms": round(ms[len(ms) // 2], 3), "p99_ms": round(ms[int(len(ms) * 0.99) - 1], 3),
+                  "max_ms": round(ms[-1], 3)}))
+EOF
+}
+
 # idle_rate server -> logins/s for opening the idle sessions (see IDLE_CONNECT_RATE)
 idle_rate() {
     python3 - "$RESULTS/$1.jsonl" "$LOGIN_P99_LIMIT_MS" "$MIN_ACHIEVED" "$IDLE_CONNECT_RATE" "$IDLE_MIN_RATE" <<'EOF'
@@ -665,6 +693,7 @@ run_scenarios() {
         gen "$s" idle --clients "$IDLE_CLIENTS" --rate "$irate" --duration "$IDLE_DURATION" || true
     fi
     if [ "$s" = tributary ] && has_scenario report; then
+        fsync_probe "before the report steps"
         PROC_CPU_T0=$(cpu_ticks "$(cat "$RUN/tributary/process.pid")")
         STEP_HOOK=record_processor_cpu steps tributary report "$P99_LIMIT_MS" "$REPORT_CLIENTS" "$REPORT_RATES" \
             --to "collect.$DOMAIN" $REPORT_SM
@@ -672,6 +701,7 @@ run_scenarios() {
     if [ "$s" = tributary ] && has_scenario drain; then
         local d=$RUN/tributary proc_cmd
         log "tributary: drain, $((DRAIN_RATE * DRAIN_SECONDS)) reports queued by $DRAIN_CLIENTS clients with the processor stopped, then delivered"
+        fsync_probe "before the drain"
         stop_pid "$d/process.pid"
         # A fresh reports table: the drain's rows are counted on their own.
         rm -f "$d"/reports.db*
@@ -705,6 +735,8 @@ fi
 prepare_run_dir
 raise_limits
 # Results of the servers being run now are replaced; others' are kept.
+rm -f "$RESULTS/fsync.jsonl"
+fsync_probe "at the start"
 for s in $SERVERS mosquitto; do
     rm -f "$RESULTS/$s.jsonl" "$RESULTS/$s.commands.txt" "$RESULTS/$s.check.json" "$RESULTS/$s.server.json" \
           "$RESULTS/$s.processor.jsonl" "$RESULTS/$s.setup.json"
@@ -778,6 +810,7 @@ if [ -x "$PLOT" ]; then
 else
     info "$PLOT not built (--no-build?): RESULTS.md will have no charts"
 fi
+fsync_probe "at the end"
 log "writing $RESULTS_MD"
 python3 "$BENCH_DIR/report.py" --snapshot --results "$RESULTS" --out "$RESULTS_MD" --repo "$REPO"
 info "done: $RESULTS_MD"
