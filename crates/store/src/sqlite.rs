@@ -13,9 +13,7 @@
 //! timeout.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,13 +60,10 @@ pub struct SqliteStore {
     /// The component queues' writer state (see `queue.rs`).
     queue_writer: Arc<tokio::sync::Mutex<queue::QueueWriter>>,
     /// A connection kept for the reads every login makes (credentials,
-    /// block list). sqlx pings each connection given back to its pool, a
-    /// second round trip to the connection's worker thread for every
-    /// query; kept, it is never given back. One at a time: each read takes
+    /// block list; see [`KeptConnection`]). One at a time: each read takes
     /// tens of microseconds, so this serialises nothing a login storm
-    /// notices. Closed after an error, so that the next read starts on a
-    /// fresh one.
-    login_reader: Arc<tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>>,
+    /// notices.
+    login_reader: Arc<tokio::sync::Mutex<KeptConnection>>,
 }
 
 impl SqliteStore {
@@ -108,25 +103,6 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `read` on the kept login reader (see `login_reader`).
-    async fn login_read<T>(
-        &self,
-        read: impl for<'c> FnOnce(&'c mut SqliteConnection) -> ReadFuture<'c, T>,
-    ) -> Result<T> {
-        let mut kept = self.login_reader.lock().await;
-        let conn = match &mut *kept {
-            Some(c) => c,
-            None => kept.insert(self.pool.acquire().await?),
-        };
-        let result = read(conn).await;
-        if result.is_err() {
-            if let Some(mut conn) = kept.take() {
-                conn.close_on_drop();
-            }
-        }
-        Ok(result?)
-    }
-
     /// Starts a transaction that already holds the write lock; see the
     /// module documentation for why it must not be deferred.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -150,8 +126,33 @@ fn no_account_on_fk(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// A query running on a borrowed connection.
-type ReadFuture<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
+/// A connection taken from the pool and kept across uses rather than given
+/// back: sqlx pings every connection given back to its pool (a second round
+/// trip to the connection's worker thread per query), from a spawned task
+/// the next user may wait for, and each connection has a page cache of its
+/// own. Closed after an error, so that the next use starts on a fresh one.
+#[derive(Debug, Default)]
+struct KeptConnection(Option<PoolConnection<Sqlite>>);
+
+impl KeptConnection {
+    async fn get(&mut self, pool: &SqlitePool) -> Result<&mut SqliteConnection> {
+        let conn = match self.0.take() {
+            Some(c) => c,
+            None => pool.acquire().await?,
+        };
+        Ok(self.0.insert(conn))
+    }
+
+    /// Passes `result` on, closing the connection if it is an error.
+    fn checked<T, E>(&mut self, result: std::result::Result<T, E>) -> std::result::Result<T, E> {
+        if result.is_err() {
+            if let Some(mut conn) = self.0.take() {
+                conn.close_on_drop();
+            }
+        }
+        result
+    }
+}
 
 /// Columns of `accounts` after `user`, in the order the queries select them.
 type CredentialsRow = (Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
@@ -289,19 +290,15 @@ impl Store for SqliteStore {
     }
 
     async fn credentials(&self, user: &str) -> Result<Option<Credentials>> {
-        let key = user.to_owned();
-        let row: Option<CredentialsRow> = self
-            .login_read(|conn| {
-                Box::pin(
-                    sqlx::query_as(
-                        "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, \
-                         sha256_server FROM accounts WHERE user = ?",
-                    )
-                    .bind(key)
-                    .fetch_optional(conn),
-                )
-            })
-            .await?;
+        let mut reader = self.login_reader.lock().await;
+        let row = sqlx::query_as(
+            "SELECT salt, iterations, sha1_stored, sha1_server, sha256_stored, sha256_server \
+             FROM accounts WHERE user = ?",
+        )
+        .bind(user)
+        .fetch_optional(reader.get(&self.pool).await?)
+        .await;
+        let row: Option<CredentialsRow> = reader.checked(row)?;
         row.map(|row| credentials_from_row(user, row)).transpose()
     }
 
@@ -545,15 +542,12 @@ impl Store for SqliteStore {
     }
 
     async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
-        let key = user.to_owned();
-        self.login_read(|conn| {
-            Box::pin(
-                sqlx::query_scalar("SELECT jid FROM blocklist WHERE user = ? ORDER BY jid")
-                    .bind(key)
-                    .fetch_all(conn),
-            )
-        })
-        .await
+        let mut reader = self.login_reader.lock().await;
+        let jids = sqlx::query_scalar("SELECT jid FROM blocklist WHERE user = ? ORDER BY jid")
+            .bind(user)
+            .fetch_all(reader.get(&self.pool).await?)
+            .await;
+        Ok(reader.checked(jids)?)
     }
 
     async fn block(&self, user: &str, jids: &[String]) -> Result<()> {

@@ -8,10 +8,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite, SqliteConnection};
+use sqlx::{Connection, SqliteConnection};
 
-use super::{count_from, SqliteStore};
+use super::{count_from, KeptConnection, SqliteStore};
 use crate::{unix_millis, Enqueued, NewQueueItem, Result};
 
 /// Rows per multi-row statement: six parameters each stays far below
@@ -29,14 +28,9 @@ enum Plan {
 /// What the queue commits keep between them; one commit at a time holds it.
 #[derive(Debug, Default)]
 pub(super) struct QueueWriter {
-    /// The commits' own connection, kept rather than taken from the pool
-    /// each time: a connection given back to the pool is released by a
-    /// spawned task the next commit may wait for, and each of the pool's
-    /// connections has a page cache of its own (in a 20 s `bench report`
-    /// at 2,000/s: ~60,000 page reads with the pool, ~1,200 with this).
-    /// Closed after an error, so that the next commit starts on a fresh
-    /// one.
-    conn: Option<PoolConnection<Sqlite>>,
+    /// The commits' own connection (in a 20 s `bench report` at 2,000/s:
+    /// ~60,000 page reads with the pool's, ~1,200 with this).
+    conn: KeptConnection,
     /// Items per queue, once counted: this process is the only writer of
     /// the queue tables. They move with the committed rows, never with a
     /// concurrent batch, since the commits hold this struct.
@@ -55,15 +49,9 @@ impl SqliteStore {
         }
         let mut writer = self.queue_writer.lock().await;
         let QueueWriter { conn, depths } = &mut *writer;
-        let conn = match conn {
-            Some(c) => c,
-            None => conn.insert(self.pool.acquire().await?),
-        };
-        let result = commit_on(conn, depths, items, remove).await;
+        let result = commit_on(conn.get(&self.pool).await?, depths, items, remove).await;
+        let result = writer.conn.checked(result);
         if result.is_err() {
-            if let Some(mut conn) = writer.conn.take() {
-                conn.close_on_drop();
-            }
             // A failure after an insert committed on its own (looking up
             // the keys it conflicted with) leaves the depths behind: they
             // are counted again on their next use.
@@ -291,11 +279,7 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[&NewQueueItem]) -> Res
             .collect();
         // A row left out has the key of a queued item: that one's id.
         let left_out = chunk.iter().zip(&ids).filter(|(_, id)| id.is_none());
-        let existing = if ids.iter().any(Option::is_none) {
-            existing_keys(conn, left_out.map(|(item, _)| *item)).await?
-        } else {
-            HashMap::new()
-        };
+        let existing = existing_keys(conn, left_out.map(|(item, _)| *item)).await?;
         for (item, id) in chunk.iter().zip(ids) {
             out.push(match id {
                 Some(id) => Row::Inserted(id),
