@@ -85,6 +85,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             // Off by default in SQLite; the schema relies on ON DELETE CASCADE.
             .foreign_keys(true)
+            // A multi-row INSERT inside a transaction keeps a statement
+            // journal, which past 64 KiB spills to a temporary file on
+            // disk: written, never synced, and only read to roll that one
+            // statement back. Memory serves it as well without the writes.
+            .pragma("temp_store", "memory")
             .busy_timeout(BUSY_TIMEOUT)
             .row_buffer_size(ROW_BUFFER);
         let pool = SqlitePoolOptions::new()
@@ -709,6 +714,12 @@ mod tests {
             .await
             .expect("foreign keys");
         assert!(fk);
+        // Statement journals in memory (2), not in temporary files.
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&store.pool)
+            .await
+            .expect("temp_store");
+        assert_eq!(temp_store, 2);
     }
 
     #[tokio::test]
