@@ -202,7 +202,7 @@ fn queue(c: &mut Criterion) {
     assert_eq!(bench.depth(), 0);
 
     let mut g = c.benchmark_group("queue_commit");
-    for n in [64usize, 1024] {
+    for n in [8usize, 64, 1024] {
         g.throughput(Throughput::Elements(n as u64));
         // What the previous commit added is acknowledged by the next one.
         let mut acked = bench.enqueue(n);

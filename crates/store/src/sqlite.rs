@@ -1597,6 +1597,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_commit_whose_deletion_fails_keeps_none_of_its_inserts() {
+        let (_dir, store) = new_store().await;
+        let results = store
+            .enqueue(&[queued("collect.localhost", 0, 10)])
+            .await
+            .expect("enqueued");
+        let [Enqueued::Accepted(first)] = results[..] else {
+            panic!("{results:?}")
+        };
+        // The insert goes in the first round trip, the failing delete and
+        // the COMMIT in the second.
+        sqlx::query(
+            "CREATE TRIGGER boom BEFORE DELETE ON queue_items \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("trigger");
+        let failed = store
+            .queue_commit(&[queued("collect.localhost", 1, 10)], &[first])
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("DROP TRIGGER boom").execute(&store.pool),
+        )
+        .await
+        .expect("the write lock is free")
+        .expect("drop trigger");
+        let items = store
+            .queue_items("collect.localhost", 0, 10)
+            .await
+            .expect("items");
+        let ids: Vec<_> = items.iter().map(|i| i.stanza_id.as_deref()).collect();
+        assert_eq!(ids, [Some("R-0")]);
+        // And the next mixed commit goes through whole.
+        let results = store
+            .queue_commit(&[queued("collect.localhost", 2, 10)], &[first])
+            .await
+            .expect("committed");
+        assert!(
+            matches!(results[..], [Enqueued::Accepted(_)]),
+            "{results:?}"
+        );
+        let items = store
+            .queue_items("collect.localhost", 0, 10)
+            .await
+            .expect("items");
+        let ids: Vec<_> = items.iter().map(|i| i.stanza_id.as_deref()).collect();
+        assert_eq!(ids, [Some("R-2")]);
+    }
+
+    #[tokio::test]
     async fn queued_items_come_back_in_the_form_they_were_stored() {
         let (_dir, store) = new_store().await;
         let mut answered = queued("collect.localhost", 1, 10);

@@ -3,8 +3,9 @@
 //! round trip to sqlx's SQLite worker thread and the writer's batches hold
 //! up to a thousand stanzas. A batch that only adds or only deletes and
 //! fits one statement runs as that statement alone, without BEGIN and
-//! COMMIT; copies of queued stanzas are found by their inserts' conflicts
-//! rather than looked up beforehand.
+//! COMMIT; one that does both sends BEGIN with its insert and COMMIT with
+//! its delete. Copies of queued stanzas are found by their inserts'
+//! conflicts rather than looked up beforehand.
 
 use std::collections::{HashMap, HashSet};
 
@@ -79,30 +80,36 @@ async fn commit_on(
     // keys are looked up before planning.
     let mut batch = Batch::plan(items, &HashMap::new(), depths);
     let look_up_first = batch.refuses_some && items.iter().any(|i| i.dedup.is_some());
-    let one_statement = !look_up_first
-        && ((remove.is_empty() && batch.inserts.len() <= ROWS_PER_STATEMENT)
-            || (items.is_empty() && remove.len() <= ROWS_PER_STATEMENT));
-    let (inserted, removed) = if one_statement {
-        // One statement is atomic and, with synchronous=FULL, on disk when
-        // it returns: BEGIN and COMMIT would be two more round trips to
-        // sqlx's worker thread. The rows a conflict points at cannot go
-        // before they are looked up: every change to the queue tables is
-        // made under the writer's lock, held by this commit.
-        let inserted = insert_rows(conn, &batch.inserts).await?;
-        (inserted, delete_rows(conn, remove).await?)
-    } else {
+    let fits = |n: usize| n <= ROWS_PER_STATEMENT;
+    let (inserted, removed) = if look_up_first || !fits(batch.inserts.len()) || !fits(remove.len())
+    {
         // See the module documentation of `sqlite.rs` for IMMEDIATE.
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         if look_up_first {
             let existing = existing_keys(&mut tx, items.iter()).await?;
             batch = Batch::plan(items, &existing, depths);
         }
-        let inserted = insert_rows(&mut tx, &batch.inserts).await?;
+        let inserted = insert_rows(&mut tx, &batch.inserts, "").await?;
         // Deleted after the inserts: a copy of an item acknowledged in this
         // very batch is merged with it (its answer is about to go out).
-        let removed = delete_rows(&mut tx, remove).await?;
+        let removed = delete_rows(&mut tx, remove, "").await?;
         tx.commit().await?;
         (inserted, removed)
+    } else if batch.inserts.is_empty() || remove.is_empty() {
+        // One statement is atomic and, with synchronous=FULL, on disk when
+        // it returns: BEGIN and COMMIT would be two more round trips to
+        // sqlx's worker thread. The rows a conflict points at cannot go
+        // before they are looked up: every change to the queue tables is
+        // made under the writer's lock, held by this commit.
+        let inserted = insert_rows(conn, &batch.inserts, "").await?;
+        (inserted, delete_rows(conn, remove, "").await?)
+    } else {
+        // Both, each in one statement: BEGIN rides on the insert and
+        // COMMIT on the delete, two round trips rather than four. After an
+        // error the connection is closed (`KeptConnection::checked`),
+        // which rolls back whatever the transaction did.
+        let inserted = insert_rows(conn, &batch.inserts, "BEGIN IMMEDIATE; ").await?;
+        (inserted, delete_rows(conn, remove, "; COMMIT").await?)
     };
 
     // Every queue of the batch was counted above.
@@ -234,16 +241,24 @@ async fn count(conn: &mut SqliteConnection, queue: &str) -> Result<u64> {
 
 /// Inserts `rows` (no two with the same queue and key) and tells for each,
 /// in order, its new id, or the id of the queued item with its key.
-async fn insert_rows(conn: &mut SqliteConnection, rows: &[&NewQueueItem]) -> Result<Vec<Row>> {
+///
+/// `before` is SQL run in the same round trip before the first insert
+/// (`BEGIN IMMEDIATE; `, or nothing).
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&NewQueueItem],
+    mut before: &str,
+) -> Result<Vec<Row>> {
     let now = unix_millis();
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, 1, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO queue_items \
+            "{before}INSERT INTO queue_items \
              (queue, sender, stanza_id, stanza, dedup, enqueued_at, form, answerable) \
              VALUES {values} ON CONFLICT DO NOTHING RETURNING id, queue, dedup"
         );
+        before = "";
         let mut q = sqlx::query_as::<_, (i64, String, Option<String>)>(&sql);
         for item in chunk {
             q = q
@@ -299,12 +314,21 @@ async fn insert_rows(conn: &mut SqliteConnection, rows: &[&NewQueueItem]) -> Res
 }
 
 /// Deletes the items `ids`; returns how many went from each queue.
-async fn delete_rows(conn: &mut SqliteConnection, ids: &[i64]) -> Result<HashMap<String, u64>> {
+/// `after` is SQL run in the same round trip after the last delete
+/// (`; COMMIT`, or nothing).
+async fn delete_rows(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    after: &str,
+) -> Result<HashMap<String, u64>> {
     let mut removed: HashMap<String, u64> = HashMap::new();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+    let chunks = ids.chunks(ROWS_PER_STATEMENT);
+    let last = chunks.len().saturating_sub(1);
+    for (n, chunk) in chunks.enumerate() {
         let sql = format!(
-            "DELETE FROM queue_items WHERE id IN ({}) RETURNING queue",
-            placeholders(chunk.len())
+            "DELETE FROM queue_items WHERE id IN ({}) RETURNING queue{}",
+            placeholders(chunk.len()),
+            if n == last { after } else { "" }
         );
         let mut q = sqlx::query_scalar::<_, String>(&sql);
         for id in chunk {
