@@ -107,10 +107,12 @@ fn redirect_address(target: &str, current: &str) -> String {
     }
 }
 
-/// Frames past which a batch stops taking more of what has arrived: a
-/// bound on one commit's size, and a quarter of the node's default window
-/// (2,048), so the next batches arrive while this one commits.
-const BATCH_FRAMES: usize = 512;
+/// Most frames in one batch: a bound on one commit's size, about a
+/// quarter of the node's default window (2,048) so the next batches arrive
+/// while this one commits, and as many reports as the reference processor
+/// commits in one statement (one round trip to the database rather than
+/// BEGIN, two INSERTs and COMMIT for a batch a little larger).
+const BATCH_FRAMES: usize = crate::sql::REPORT_ROWS_PER_STATEMENT;
 
 struct Stream {
     tcp: TcpStream,
@@ -125,13 +127,14 @@ impl Stream {
         Ok(())
     }
 
-    /// Reads until at least one frame is complete; returns every complete
-    /// frame, with whatever else has already arrived (see `BATCH_FRAMES`).
+    /// Reads until at least one frame is complete; returns the complete
+    /// frames, with whatever else has already arrived, up to
+    /// `BATCH_FRAMES` (the rest stays in `pending` for the next batch).
     async fn frames(&mut self) -> anyhow::Result<Vec<Frame>> {
         let mut out = Vec::new();
         loop {
             let mut slice: &[u8] = &self.pending;
-            loop {
+            while out.len() < BATCH_FRAMES {
                 match self.framer.next_frame(&mut slice) {
                     Ok(Some(f)) => out.push(f),
                     Ok(None) => break,
@@ -351,7 +354,51 @@ fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> O
 
 #[cfg(test)]
 mod tests {
-    use super::{redirect_address, stream_error};
+    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES};
+    use tokio::io::AsyncWriteExt;
+    use tributary_proto::xml::{Frame, Framer};
+
+    #[tokio::test]
+    async fn a_batch_takes_at_most_batch_frames_of_what_has_arrived() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (tcp, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut node, _) = accepted.expect("accept");
+        let mut s = Stream {
+            tcp: tcp.expect("connect"),
+            framer: Framer::new(1 << 20),
+            buf: vec![0u8; 64 * 1024],
+            pending: Vec::new(),
+        };
+        // ~45 KB: all of it arrives in one read, more than a batch takes.
+        let mut data = String::from(
+            "<stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='x'>",
+        );
+        for n in 0..600 {
+            data.push_str(&format!(
+                "<message from='a@localhost/r' to='collect.localhost' id='R-{n}'/>"
+            ));
+        }
+        node.write_all(data.as_bytes()).await.expect("write");
+        let first = s.frames().await.expect("first batch");
+        assert_eq!(first.len(), BATCH_FRAMES);
+        assert!(matches!(first[0], Frame::StreamOpen(_)));
+        let second = s.frames().await.expect("second batch");
+        assert_eq!(second.len(), 601 - BATCH_FRAMES);
+        let ids: Vec<&str> = first
+            .iter()
+            .chain(&second)
+            .filter_map(|f| match f {
+                Frame::Element(e) => e.attr("id"),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<String> = (0..600).map(|n| format!("R-{n}")).collect();
+        assert_eq!(ids, want, "every stanza once, in order");
+    }
 
     #[test]
     fn redirect_targets() {
