@@ -211,7 +211,7 @@ pub struct PresenceRow {
 /// Rows per multi-row INSERT: 6 parameters each stays below SQLite's
 /// 32,766 and PostgreSQL's 65,535 bound parameters. The link's batches
 /// are at most this long, so a batch of reports is one statement.
-pub(crate) const REPORT_ROWS_PER_STATEMENT: usize = 500;
+pub(crate) const REPORT_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// `($1, $2, ..), ($n+1, ..), ..` (or the same with `?`) for `rows` rows
 /// of `columns` parameters.
