@@ -143,6 +143,7 @@ async fn reports_through_the_reference_processor() {
             domain: COMPONENT.into(),
             secret: SECRET.into(),
             max_backoff: Duration::from_millis(500),
+            commit_delay: tributary_processor::DEFAULT_COMMIT_DELAY,
         },
         db.clone(),
         Arc::new(LinkStats::default()),

@@ -14,7 +14,7 @@ mod link;
 pub mod report;
 pub mod sql;
 
-pub use link::{run, LinkConfig, LinkStats};
+pub use link::{run, LinkConfig, LinkStats, DEFAULT_COMMIT_DELAY};
 pub use report::{Item, Outcome, PresenceUpdate, Report};
 
 /// What a processor does with each batch of items.

@@ -12,9 +12,10 @@ use rand::Rng;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 use tributary_proto::component::handshake_digest;
 use tributary_proto::error::{escape, StanzaErrorCondition};
 use tributary_proto::xml::{Frame, Framer};
@@ -28,7 +29,26 @@ pub struct LinkConfig {
     pub secret: String,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Group-commit delay: while batches follow each other closely (the
+    /// previous one was handed over less than [`BUSY_WITHIN`] delays ago),
+    /// a batch waits this long after its first frame for more to arrive.
+    /// Each batch costs a commit (an fsync) and thread hand-offs to the
+    /// database driver whatever its size, so under load fewer, larger
+    /// batches take less CPU per report; an idle link never waits. Zero:
+    /// a batch is what has arrived when the first frame is complete.
+    pub commit_delay: Duration,
 }
+
+/// `tributary process --commit-delay-ms`'s default. `bench report`, 1,000
+/// clients, node and processor on one core, on disk: at 4,000 reports/s the
+/// processor took 750 and 747 CPU ticks per run without it, 574 and 592
+/// with 2 ms; at 5,000/s 693 (p50 processed 19.0 ms) against 564 (8.9 ms),
+/// and 626 (10.9 ms) with 1 ms.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
+
+/// Batches less than this many commit delays apart count as a busy link
+/// (see [`LinkConfig::commit_delay`]).
+pub const BUSY_WITHIN: u32 = 5;
 
 /// Counters the HTTP API shows.
 #[derive(Debug, Default)]
@@ -120,19 +140,35 @@ struct Stream {
     framer: Framer,
     buf: Vec<u8>,
     pending: Vec<u8>,
+    commit_delay: Duration,
+    /// When the last batch was handed over: how busy the link is.
+    last_batch: Option<Instant>,
 }
 
 impl Stream {
+    fn new(tcp: TcpStream, commit_delay: Duration) -> Stream {
+        Stream {
+            tcp,
+            framer: Framer::new(16 << 20),
+            buf: vec![0u8; 64 * 1024],
+            pending: Vec::new(),
+            commit_delay,
+            last_batch: None,
+        }
+    }
+
     async fn write(&mut self, data: &str) -> anyhow::Result<()> {
         self.tcp.write_all(data.as_bytes()).await.context("write")?;
         Ok(())
     }
 
     /// Reads until at least one frame is complete; returns the complete
-    /// frames, with whatever else has already arrived, up to
-    /// `BATCH_FRAMES` (the rest stays in `pending` for the next batch).
+    /// frames, with whatever else has already arrived (or arrives within
+    /// the commit delay, on a busy link), up to `BATCH_FRAMES` (the rest
+    /// stays in `pending` for the next batch).
     async fn frames(&mut self) -> anyhow::Result<Vec<Frame>> {
         let mut out = Vec::new();
+        let mut gather_until = None;
         loop {
             let mut slice: &[u8] = &self.pending;
             while out.len() < BATCH_FRAMES {
@@ -145,7 +181,10 @@ impl Stream {
             let used = self.pending.len() - slice.len();
             self.pending.drain(..used);
             if out.len() >= BATCH_FRAMES {
-                return Ok(out);
+                return Ok(self.hand_over(out));
+            }
+            if !out.is_empty() && gather_until.is_none() {
+                gather_until = Some(self.gather_deadline());
             }
             let n = if out.is_empty() {
                 self.tcp.read(&mut self.buf).await
@@ -153,7 +192,13 @@ impl Stream {
                 // Whatever else has arrived joins this batch: one commit
                 // (one fsync) for all of it, not one per 64 KiB read.
                 match self.tcp.try_read(&mut self.buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let deadline = gather_until.flatten();
+                        match deadline {
+                            Some(d) if timeout_at(d, self.tcp.readable()).await.is_ok() => continue,
+                            _ => return Ok(self.hand_over(out)),
+                        }
+                    }
                     read => read,
                 }
             }
@@ -163,6 +208,20 @@ impl Stream {
             }
             self.pending.extend_from_slice(&self.buf[..n]);
         }
+    }
+
+    /// Until when a batch that has just got its first frame waits for
+    /// more: `None` unless the link is busy.
+    fn gather_deadline(&self) -> Option<tokio::time::Instant> {
+        let busy_within = self.commit_delay * BUSY_WITHIN;
+        let busy = self.last_batch.is_some_and(|t| t.elapsed() < busy_within);
+        (busy && !self.commit_delay.is_zero())
+            .then(|| tokio::time::Instant::now() + self.commit_delay)
+    }
+
+    fn hand_over(&mut self, batch: Vec<Frame>) -> Vec<Frame> {
+        self.last_batch = Some(Instant::now());
+        batch
     }
 }
 
@@ -193,12 +252,7 @@ async fn session<P: Processor>(
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
     let _ = tcp.set_nodelay(true);
-    let mut s = Stream {
-        tcp,
-        framer: Framer::new(16 << 20),
-        buf: vec![0u8; 64 * 1024],
-        pending: Vec::new(),
-    };
+    let mut s = Stream::new(tcp, config.commit_delay);
     s.write(&format!(
         "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}'>",
         ns::COMPONENT_ACCEPT,
@@ -355,24 +409,77 @@ fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> O
 
 #[cfg(test)]
 mod tests {
-    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES};
+    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES, BUSY_WITHIN};
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
-    use tributary_proto::xml::{Frame, Framer};
+    use tokio::net::TcpStream;
+    use tributary_proto::xml::Frame;
 
-    #[tokio::test]
-    async fn a_batch_takes_at_most_batch_frames_of_what_has_arrived() {
+    /// A stream of ours connected to a socket that plays the node.
+    async fn linked(commit_delay: Duration) -> (Stream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let (tcp, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let (mut node, _) = accepted.expect("accept");
-        let mut s = Stream {
-            tcp: tcp.expect("connect"),
-            framer: Framer::new(1 << 20),
-            buf: vec![0u8; 64 * 1024],
-            pending: Vec::new(),
-        };
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (node, _) = accepted.expect("accept");
+        (Stream::new(tcp.expect("connect"), commit_delay), node)
+    }
+
+    fn ids(frames: &[Frame]) -> Vec<&str> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Element(e) => e.attr("id"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Writes `<message id='{id}'/>` after `after`.
+    async fn send_later(node: &mut TcpStream, id: &str, after: Duration) {
+        tokio::time::sleep(after).await;
+        let data = format!("<message id='{id}'/>");
+        node.write_all(data.as_bytes()).await.expect("write");
+    }
+
+    #[tokio::test]
+    async fn a_busy_link_gathers_what_arrives_within_the_commit_delay() {
+        let delay = Duration::from_millis(500);
+        let (mut s, mut node) = linked(delay).await;
+        node.write_all(
+            b"<stream:stream xmlns='jabber:component:accept' \
+              xmlns:stream='http://etherx.jabber.org/streams' id='x'><message id='A'/>",
+        )
+        .await
+        .expect("write");
+        // Idle (no batch before): A goes at once, B (sent later) is not waited for.
+        let (first, ()) = tokio::join!(
+            s.frames(),
+            send_later(&mut node, "B", Duration::from_millis(100))
+        );
+        assert_eq!(ids(&first.expect("first batch")), ["A"]);
+        assert_eq!(ids(&s.frames().await.expect("B")), ["B"]);
+        // Busy (a batch just went): C waits for D, sent 100 ms later.
+        node.write_all(b"<message id='C'/>").await.expect("write");
+        let (gathered, ()) = tokio::join!(
+            s.frames(),
+            send_later(&mut node, "D", Duration::from_millis(100))
+        );
+        assert_eq!(ids(&gathered.expect("gathered batch")), ["C", "D"]);
+        // Idle again after BUSY_WITHIN delays without a batch.
+        tokio::time::sleep(delay * BUSY_WITHIN + Duration::from_millis(100)).await;
+        node.write_all(b"<message id='E'/>").await.expect("write");
+        let (alone, ()) = tokio::join!(
+            s.frames(),
+            send_later(&mut node, "F", Duration::from_millis(100))
+        );
+        assert_eq!(ids(&alone.expect("E")), ["E"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_at_most_batch_frames_of_what_has_arrived() {
+        let (mut s, mut node) = linked(Duration::ZERO).await;
         // ~30 KB: all of it arrives in one read, more than a batch takes.
         let mut data = String::from(
             "<stream:stream xmlns='jabber:component:accept' \
@@ -387,16 +494,10 @@ mod tests {
         assert!(matches!(first[0], Frame::StreamOpen(_)));
         let second = s.frames().await.expect("second batch");
         assert_eq!(second.len(), 1_201 - BATCH_FRAMES);
-        let ids: Vec<&str> = first
-            .iter()
-            .chain(&second)
-            .filter_map(|f| match f {
-                Frame::Element(e) => e.attr("id"),
-                _ => None,
-            })
-            .collect();
+        let mut all = first;
+        all.extend(second);
         let want: Vec<String> = (0..1_200).map(|n| format!("R-{n}")).collect();
-        assert_eq!(ids, want, "every stanza once, in order");
+        assert_eq!(ids(&all), want, "every stanza once, in order");
     }
 
     #[test]

@@ -65,6 +65,7 @@ async fn start_processor(
             domain: DOMAIN.into(),
             secret: SECRET.into(),
             max_backoff,
+            commit_delay: tributary_processor::DEFAULT_COMMIT_DELAY,
         },
         db.clone(),
         stats.clone(),

@@ -88,6 +88,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             domain: DOMAIN.into(),
             secret,
             max_backoff: Duration::from_secs(2),
+            commit_delay: tributary_processor::DEFAULT_COMMIT_DELAY,
         },
         db.clone(),
         stats.clone(),

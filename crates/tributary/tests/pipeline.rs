@@ -83,6 +83,7 @@ async fn reports_are_committed_confirmed_and_visible_in_the_api() {
             domain: "collect.localhost".into(),
             secret: "s".into(),
             max_backoff: Duration::from_millis(500),
+            commit_delay: tributary_processor::DEFAULT_COMMIT_DELAY,
         },
         db.clone(),
         stats.clone(),
