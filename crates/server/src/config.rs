@@ -36,6 +36,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub stream_management: StreamManagementConfig,
     pub keepalive: KeepaliveConfig,
+    pub queue: QueueConfig,
     /// External components (XEP-0114): processors connect as these.
     #[serde(rename = "component")]
     pub components: Vec<ComponentConfig>,
@@ -97,6 +98,26 @@ pub struct StreamManagementConfig {
     pub ack_request_every: u32,
     /// ...or this many milliseconds after the oldest unacknowledged one.
     pub ack_request_delay_ms: u64,
+}
+
+/// The durable queues' group-commit writer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// While commits follow each other closely, a commit waits this many
+    /// milliseconds after its first request for more to join it: fewer
+    /// fsyncs under load, at most this much more accept latency. 0: none.
+    /// `bench report` (1,000 clients, node and processor on one core, on
+    /// disk), 0 against 2: node CPU 6.89 -> 4.55 s at 1,000/s (p50
+    /// accepted 1.7 -> 4.2 ms), 12.95 -> 9.81 s at 6,000/s, where p99
+    /// processed went from 88.9 ms to 38.1 ms (sustained).
+    pub commit_delay_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { commit_delay_ms: 2 }
+    }
 }
 
 /// Dead-peer detection.
@@ -197,6 +218,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             stream_management: StreamManagementConfig::default(),
             keepalive: KeepaliveConfig::default(),
+            queue: QueueConfig::default(),
             components: Vec::new(),
         }
     }
@@ -416,6 +438,7 @@ mod tests {
         assert_eq!(c.domain, d.domain);
         assert_eq!(c.limits.max_stanza_bytes, d.limits.max_stanza_bytes);
         assert_eq!(c.listen.c2s, d.listen.c2s);
+        assert_eq!(c.queue.commit_delay_ms, d.queue.commit_delay_ms);
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl Node {
             .iter()
             .map(|c| (c.domain.clone(), c.quota))
             .collect();
-        let queues = crate::queue::Queues::start(store.clone(), &components);
+        let queues = crate::queue::Queues::start(
+            store.clone(),
+            &components,
+            Duration::from_millis(config.queue.commit_delay_ms),
+        );
         Node {
             queues,
             config,
