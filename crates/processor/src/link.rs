@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tributary_proto::component::handshake_digest;
 use tributary_proto::error::{escape, StanzaErrorCondition};
+use tributary_proto::pacing::CommitPacer;
 use tributary_proto::xml::{Frame, Framer};
 use tributary_proto::{ns, sm, stanza};
 
@@ -29,8 +30,8 @@ pub struct LinkConfig {
     pub secret: String,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
-    /// Group-commit delay: while batches follow each other closely (the
-    /// previous one was handed over less than [`BUSY_WITHIN`] delays ago),
+    /// Group-commit delay: while batches follow each other closely (see
+    /// [`tributary_proto::pacing`]),
     /// a batch waits this long after its first frame for more to arrive.
     /// Each batch costs a commit (an fsync) and thread hand-offs to the
     /// database driver whatever its size, so under load fewer, larger
@@ -45,10 +46,6 @@ pub struct LinkConfig {
 /// with 2 ms; at 5,000/s 693 (p50 processed 19.0 ms) against 564 (8.9 ms),
 /// and 626 (10.9 ms) with 1 ms.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
-
-/// Batches less than this many commit delays apart count as a busy link
-/// (see [`LinkConfig::commit_delay`]).
-pub const BUSY_WITHIN: u32 = 5;
 
 /// Counters the HTTP API shows.
 #[derive(Debug, Default)]
@@ -140,9 +137,8 @@ struct Stream {
     framer: Framer,
     buf: Vec<u8>,
     pending: Vec<u8>,
-    commit_delay: Duration,
-    /// When the last batch was handed over: how busy the link is.
-    last_batch: Option<Instant>,
+    /// When a batch waits for more: how busy the link has been.
+    pacer: CommitPacer,
 }
 
 impl Stream {
@@ -152,8 +148,7 @@ impl Stream {
             framer: Framer::new(16 << 20),
             buf: vec![0u8; 64 * 1024],
             pending: Vec::new(),
-            commit_delay,
-            last_batch: None,
+            pacer: CommitPacer::new(commit_delay),
         }
     }
 
@@ -184,7 +179,7 @@ impl Stream {
                 return Ok(self.hand_over(out));
             }
             if !out.is_empty() && gather_until.is_none() {
-                gather_until = Some(self.gather_deadline());
+                gather_until = Some(self.pacer.gather_until(Instant::now()));
             }
             let n = if out.is_empty() {
                 self.tcp.read(&mut self.buf).await
@@ -195,7 +190,9 @@ impl Stream {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         let deadline = gather_until.flatten();
                         match deadline {
-                            Some(d) if timeout_at(d, self.tcp.readable()).await.is_ok() => continue,
+                            Some(d) if timeout_at(d.into(), self.tcp.readable()).await.is_ok() => {
+                                continue
+                            }
                             _ => return Ok(self.hand_over(out)),
                         }
                     }
@@ -210,17 +207,8 @@ impl Stream {
         }
     }
 
-    /// Until when a batch that has just got its first frame waits for
-    /// more: `None` unless the link is busy.
-    fn gather_deadline(&self) -> Option<tokio::time::Instant> {
-        let busy_within = self.commit_delay * BUSY_WITHIN;
-        let busy = self.last_batch.is_some_and(|t| t.elapsed() < busy_within);
-        (busy && !self.commit_delay.is_zero())
-            .then(|| tokio::time::Instant::now() + self.commit_delay)
-    }
-
     fn hand_over(&mut self, batch: Vec<Frame>) -> Vec<Frame> {
-        self.last_batch = Some(Instant::now());
+        self.pacer.committed(Instant::now());
         batch
     }
 }
@@ -409,10 +397,11 @@ fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> O
 
 #[cfg(test)]
 mod tests {
-    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES, BUSY_WITHIN};
+    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES};
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
+    use tributary_proto::pacing::BUSY_WITHIN;
     use tributary_proto::xml::Frame;
 
     /// A stream of ours connected to a socket that plays the node.

@@ -11,6 +11,7 @@ pub mod csi;
 pub mod error;
 pub mod negotiation;
 pub mod ns;
+pub mod pacing;
 pub mod routing;
 pub mod sasl;
 pub mod scram;

@@ -38,6 +38,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tributary_proto::pacing::CommitPacer;
 use tributary_proto::{ns, stanza};
 use tributary_store::{unix_millis, Enqueued, NewQueueItem, QueueItem, QueuedForm, Store};
 
@@ -357,15 +358,10 @@ impl Queues {
     }
 }
 
-/// Commits less than this many commit delays apart count as a busy
-/// writer: only then does a commit wait for more requests.
-const BUSY_WITHIN: u32 = 5;
-
 /// The group-commit writer: enqueues and deletions of acknowledged items
 /// from every connection and dispatcher, one transaction per batch. While
 /// busy, a batch takes what arrives within `commit_delay` of its first
-/// request: a commit (an fsync, round trips to the SQLite thread) costs
-/// much the same for 2 items as for 20.
+/// request (see [`tributary_proto::pacing`]).
 async fn write(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<WriteRequest>,
@@ -373,11 +369,9 @@ async fn write(
     answered: Answered,
     commit_delay: Duration,
 ) {
-    let mut last_commit: Option<Instant> = None;
+    let mut pacer = CommitPacer::new(commit_delay);
     while let Some(first) = rx.recv().await {
-        let busy = last_commit.is_some_and(|t| t.elapsed() < commit_delay * BUSY_WITHIN);
-        let gather_until =
-            (busy && !commit_delay.is_zero()).then(|| tokio::time::Instant::now() + commit_delay);
+        let gather_until = pacer.gather_until(Instant::now());
         // Items and their replies apart: the items go to the store as a
         // slice, without a copy.
         let mut items = Vec::new();
@@ -404,7 +398,7 @@ async fn write(
             if taken < MAX_BATCH {
                 next = match (rx.try_recv(), gather_until) {
                     (Ok(request), _) => Some(request),
-                    (Err(_), Some(until)) => tokio::time::timeout_at(until, rx.recv())
+                    (Err(_), Some(until)) => tokio::time::timeout_at(until.into(), rx.recv())
                         .await
                         .ok()
                         .flatten(),
@@ -412,7 +406,7 @@ async fn write(
                 };
             }
         }
-        last_commit = Some(Instant::now());
+        pacer.committed(Instant::now());
         match store.queue_commit(&items, &remove).await {
             Ok(results) => {
                 let mut committed: HashMap<String, Vec<QueueItem>> = HashMap::new();
