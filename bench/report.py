@@ -183,7 +183,7 @@ def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None):
     (accepted_p50/p99) gets a column; the report scenario's is implied by
     `processor`, which adds the processor's CPU too."""
     head = ("| offered %s | achieved %s | count | lost / failed / conn. errors | p50 ms | p99 ms | p99.9 ms | max ms | "
-            "server CPU s | CPU s / 100k | generator CPU s | server RSS MB before → after | p99 < %g ms, no loss |"
+            "server CPU s | CPU s / 100k | generator CPU s | steal %% server / generator | server RSS MB before → after | p99 < %g ms, no loss |"
             % (unit, unit, limit))
     if processor is not None:
         accepted = accepted or "accepted"
@@ -209,7 +209,7 @@ def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None):
             "%s / %s / %s" % (fmt(r.get("lost")), fmt(r.get("failed")), fmt(r.get("connection_errors"))),
             fmt(num(r, "p50_ms"), 2), fmt(num(r, "p99_ms"), 2),
             fmt(num(r, "p999_ms"), 2), fmt(num(r, "max_ms"), 2), fmt(num(r, "server_cpu_s"), 2),
-            fmt(cpu_per_100k(r), 2), fmt(num(r, "generator_cpu_s"), 2),
+            fmt(cpu_per_100k(r), 2), fmt(num(r, "generator_cpu_s"), 2), "%s / %s" % (fmt(num(r, "steal_pct"), 1), fmt(num(r, "generator_steal_pct"), 1)),
             "%s → %s" % (fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb"))),
             "yes" if sustained(r, limit, min_ach) else "**no**",
         ]
@@ -367,6 +367,10 @@ def main():
           "A step that failed was run again, up to %s tries in all, the same for every server; a rate counts "
           "as sustained if one of its tries was, and every try is listed in the tables below. " % params["step_tries"]
           if params.get("step_tries", 1) > 1 else ""))
+    w("")
+    w("In the step tables, *steal %* is the time the hypervisor gave to other guests while the server's core "
+      "(and the generator's) had work, as a share of that core's time over the measured window (`/proc/stat`): "
+      "on a shared VM a try can fail because a core was taken away, which no server can help.")
     w("")
     w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"
       % (limit, login_limit))

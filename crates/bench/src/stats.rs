@@ -185,6 +185,67 @@ pub fn sample(pid: Option<u32>) -> ProcSample {
     ProcSample { cpu_s, rss_kb }
 }
 
+/// The CPUs in a list such as `Cpus_allowed_list` of `/proc/PID/status`
+/// (`0`, `0-3`, `0,2-3`); `None` if it cannot be read.
+pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<usize>().ok()?..=b.trim().parse().ok()?),
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// (steal, all) clock ticks summed over the given CPUs (`None`: over the
+/// whole machine, the `cpu` line) from the text of `/proc/stat`.
+pub fn parse_steal_ticks(stat: &str, cpus: Option<&[usize]>) -> Option<(u64, u64)> {
+    let mut sum = None;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let wanted = match (fields.next(), cpus) {
+            (Some("cpu"), None) => true,
+            (Some(name), Some(cpus)) => name
+                .strip_prefix("cpu")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| cpus.contains(&n)),
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal [guest guest_nice]:
+        // guest time is already counted in user and nice.
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse())
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let steal = *ticks.get(7)?;
+        let (s, t) = sum.unwrap_or((0, 0));
+        sum = Some((s + steal, t + ticks.iter().sum::<u64>()));
+    }
+    sum
+}
+
+/// Steal time so far on the CPUs a process may run on (`None`: the whole
+/// machine): time the hypervisor gave another guest while this one had
+/// work, which a server cannot be blamed for.
+fn steal_sample(cpus: Option<&[usize]>) -> Option<(u64, u64)> {
+    parse_steal_ticks(&std::fs::read_to_string("/proc/stat").ok()?, cpus)
+}
+
+/// The CPUs a process (`None`: this one) may run on.
+fn allowed_cpus(pid: Option<u32>) -> Option<Vec<usize>> {
+    let dir = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(parse_cpu_list)
+}
+
 /// CPU and memory over the measured window, for the server (when its pid
 /// is known) and for the generator itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -193,6 +254,13 @@ pub struct Resources {
     pub generator_cpu_s: Option<f64>,
     pub server_rss_before_kb: Option<u64>,
     pub server_rss_after_kb: Option<u64>,
+    /// Steal time in % of the time of the server's CPUs (of the whole
+    /// machine if its pid is not known): on a VM, a step can fail because
+    /// the hypervisor took the core away, not because the server was slow.
+    pub steal_pct: Option<f64>,
+    /// The same on the generator's CPUs: a generator that loses its core
+    /// reads late and measures latency the server did not cause.
+    pub generator_steal_pct: Option<f64>,
 }
 
 /// The start of a measured window.
@@ -200,14 +268,25 @@ pub struct Window {
     pid: Option<u32>,
     server: ProcSample,
     generator: ProcSample,
+    /// The CPUs whose steal time is measured, and their ticks at the start.
+    cpus: Option<Vec<usize>>,
+    steal: Option<(u64, u64)>,
+    generator_cpus: Option<Vec<usize>>,
+    generator_steal: Option<(u64, u64)>,
 }
 
 impl Window {
     pub fn open(pid: Option<u32>) -> Window {
+        let cpus = pid.and_then(|p| allowed_cpus(Some(p)));
+        let generator_cpus = allowed_cpus(None);
         Window {
             pid,
             server: pid.map(|p| sample(Some(p))).unwrap_or_default(),
             generator: sample(None),
+            steal: steal_sample(cpus.as_deref()),
+            cpus,
+            generator_steal: steal_sample(generator_cpus.as_deref()),
+            generator_cpus,
         }
     }
 
@@ -225,8 +304,19 @@ impl Window {
             generator_cpu_s: diff(self.generator.cpu_s, generator.cpu_s),
             server_rss_before_kb: self.server.rss_kb,
             server_rss_after_kb: server.rss_kb,
+            steal_pct: steal_pct(self.steal, steal_sample(self.cpus.as_deref())),
+            generator_steal_pct: steal_pct(
+                self.generator_steal,
+                steal_sample(self.generator_cpus.as_deref()),
+            ),
         }
     }
+}
+
+fn steal_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    let all = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    Some(100.0 * s1.saturating_sub(s0) as f64 / all as f64)
 }
 
 /// Everything one run reports.
@@ -334,6 +424,11 @@ impl RunReport {
         );
         m.insert("server_rss_before_kb".into(), json!(r.server_rss_before_kb));
         m.insert("server_rss_after_kb".into(), json!(r.server_rss_after_kb));
+        m.insert("steal_pct".into(), json!(r.steal_pct.map(round3)));
+        m.insert(
+            "generator_steal_pct".into(),
+            json!(r.generator_steal_pct.map(round3)),
+        );
         m.insert(
             "rss_per_session_kb".into(),
             json!(self.rss_per_session_kb.map(round3)),
@@ -423,6 +518,12 @@ impl RunReport {
         if let Some(c) = self.generator_cpu_per_100k() {
             notes.push(format!("generator CPU per 100k: {c:.2} s"));
         }
+        if let Some(p) = r.steal_pct {
+            notes.push(format!("steal time on the server's CPUs: {p:.1} %"));
+        }
+        if let Some(p) = r.generator_steal_pct {
+            notes.push(format!("on the generator's: {p:.1} %"));
+        }
         if let (Some(fill), Some(drain)) = (self.fill_s, self.drain_s) {
             notes.push(format!(
                 "backlog of {} accepted in {fill:.2} s; drained in {drain:.2} s",
@@ -511,6 +612,41 @@ mod tests {
         }
         let w = Window::open(None);
         assert_eq!(w.close().server_cpu_s, None, "no server pid, no server CPU");
+        let w = Window::open(Some(std::process::id()));
+        // /proc/stat counts in 10 ms ticks, idle ones included.
+        std::thread::sleep(Duration::from_millis(60));
+        if cfg!(target_os = "linux") {
+            let r = w.close();
+            for steal in [r.steal_pct, r.generator_steal_pct] {
+                assert!(
+                    steal.is_some_and(|p| (0.0..=100.0).contains(&p)),
+                    "{steal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-3\n"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(parse_cpu_list("0,2-3"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn steal_ticks_from_proc_stat() {
+        let stat = "cpu  300 0 30 600 6 0 3 60 0 0\n\
+                    cpu0 100 0 10 200 2 0 1 50 7 0\n\
+                    cpu1 200 0 20 400 4 0 2 10 0 0\n\
+                    intr 12345 0 0\n";
+        assert_eq!(parse_steal_ticks(stat, None), Some((60, 999)));
+        assert_eq!(parse_steal_ticks(stat, Some(&[0])), Some((50, 363)));
+        assert_eq!(parse_steal_ticks(stat, Some(&[0, 1])), Some((60, 999)));
+        assert_eq!(parse_steal_ticks(stat, Some(&[5])), None);
+        assert_eq!(steal_pct(Some((50, 363)), Some((80, 463))), Some(30.0));
+        assert_eq!(steal_pct(Some((50, 363)), Some((50, 363))), None);
     }
 
     #[test]
@@ -591,6 +727,8 @@ mod tests {
                 generator_cpu_s: Some(0.25),
                 server_rss_before_kb: Some(10240),
                 server_rss_after_kb: Some(20480),
+                steal_pct: Some(1.5),
+                generator_steal_pct: Some(0.5),
             },
             rss_per_session_kb: None,
             fill_s: None,
@@ -624,6 +762,8 @@ mod tests {
             "server_rss_before_kb",
             "server_rss_after_kb",
             "rss_per_session_kb",
+            "steal_pct",
+            "generator_steal_pct",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
@@ -631,6 +771,7 @@ mod tests {
         assert_eq!(v["accepted_lost"], json!(0));
         assert_eq!(v["rss_per_session_kb"], Value::Null);
         assert_eq!(v["server_cpu_per_100k_s"], json!(125.313));
+        assert_eq!(v["steal_pct"], json!(1.5));
         // Without an accepted outcome the keys stay, as null.
         let mut r = report();
         r.accepted = None;
