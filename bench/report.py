@@ -178,10 +178,11 @@ def rss_mb(r, k):
     return None if v is None else v / 1024
 
 
-def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None):
+def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None, void=frozenset()):
     """One row per step. `accepted` names the acknowledgement whose latency
     (accepted_p50/p99) gets a column; the report scenario's is implied by
-    `processor`, which adds the processor's CPU too."""
+    `processor`, which adds the processor's CPU too. `void`: timestamps of
+    tries run.sh did not count (too much steal time)."""
     head = ("| offered %s | achieved %s | count | lost / failed / conn. errors | p50 ms | p99 ms | p99.9 ms | max ms | "
             "server CPU s | CPU s / 100k | generator CPU s | steal %% server / generator | server RSS MB before → after | p99 < %g ms, no loss |"
             % (unit, unit, limit))
@@ -211,7 +212,7 @@ def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None):
             fmt(num(r, "p999_ms"), 2), fmt(num(r, "max_ms"), 2), fmt(num(r, "server_cpu_s"), 2),
             fmt(cpu_per_100k(r), 2), fmt(num(r, "generator_cpu_s"), 2), "%s / %s" % (fmt(num(r, "steal_pct"), 1), fmt(num(r, "generator_steal_pct"), 1)),
             "%s → %s" % (fmt(rss_mb(r, "server_rss_before_kb")), fmt(rss_mb(r, "server_rss_after_kb"))),
-            "yes" if sustained(r, limit, min_ach) else "**no**",
+            "yes" if sustained(r, limit, min_ach) else "**no** (void: steal)" if r.get("timestamp") in void else "**no**",
         ]
         if accepted is not None:
             cells.append("%s / %s" % (fmt(num(r, "accepted_p50_ms"), 2), fmt(num(r, "accepted_p99_ms"), 2)))
@@ -310,6 +311,7 @@ def main():
     w("| RAM | %s GiB |" % m.get("ram_gib"))
     w("| kernel | %s (%s) |" % (m.get("kernel"), m.get("arch")))
     w("| OS | %s |" % m.get("os"))
+    void = frozenset(v.get("timestamp") for v in read_jsonl(os.path.join(R, "void.jsonl")))
     probes = read_jsonl(os.path.join(R, "fsync.jsonl"))
     if probes:
         w("| disk: 4 KiB write + fsync in the run directory, %s times (p50 / p99 / max) | %s |" % (
@@ -368,9 +370,13 @@ def main():
           "as sustained if one of its tries was, and every try is listed in the tables below. " % params["step_tries"]
           if params.get("step_tries", 1) > 1 else ""))
     w("")
-    w("In the step tables, *steal %* is the time the hypervisor gave to other guests while the server's core "
+    w("In the step tables, *steal %%* is the time the hypervisor gave to other guests while the server's core "
       "(and the generator's) had work, as a share of that core's time over the measured window (`/proc/stat`): "
-      "on a shared VM a try can fail because a core was taken away, which no server can help.")
+      "on a shared VM a try can fail because a core was taken away, which no server can help.%s" % (
+          " A try that failed with more than %s %% steal on the server's core was void: it did not count as a "
+          "try and the step was run again (at most %s times per step, every server alike); void tries are "
+          "marked in the tables." % (params["steal_void_pct"], params.get("steal_retries", "?"))
+          if "steal_void_pct" in params else ""))
     w("")
     w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"
       % (limit, login_limit))
@@ -429,7 +435,7 @@ def main():
             w("")
             w("Max sustained: **%s %s** (p99 < %g ms, no loss)." % (rate(b and b.get("offered_rate")), unit, lim))
             w("")
-            L.extend(rate_table(rs, lim, min_ach, unit, processor if sc == "report" else None))
+            L.extend(rate_table(rs, lim, min_ach, unit, processor if sc == "report" else None, void=void))
             w("")
         if not anyrows:
             w("_Not run%s._" % ("" if run.get("have_bench") else ": `tributary bench` was not available"))
@@ -548,7 +554,7 @@ def main():
         w("Max sustained: **%s msg/s** publish → subscriber (p99 < %g ms, no loss)." % (
             rate(b and b.get("offered_rate")), limit))
         w("")
-        L.extend(rate_table(mqtt_rows, limit, min_ach, "msg/s", accepted="PUBACK"))
+        L.extend(rate_table(mqtt_rows, limit, min_ach, "msg/s", accepted="PUBACK", void=void))
         w("")
     else:
         w("_Not run%s._ The broker is installed, configured (loopback, plain port %s and TLS port %s with the "

@@ -56,6 +56,13 @@ MIN_ACHIEVED=${MIN_ACHIEVED:-0.95}       # achieved/offered below this also stop
 # where a server's steps ended. A rate counts as sustained if one of its
 # tries is; every try is recorded and shown in RESULTS.md.
 STEP_TRIES=${STEP_TRIES:-3}
+# A try that is not sustained while the hypervisor took more than
+# STEAL_VOID_PCT % of the server's core (steal time, /proc/stat) is void:
+# it does not count as one of the STEP_TRIES and the step is run again, at
+# most STEAL_RETRIES more times per step, for every server alike. Void
+# tries stay in the results, marked so in RESULTS.md.
+STEAL_VOID_PCT=${STEAL_VOID_PCT:-5}
+STEAL_RETRIES=${STEAL_RETRIES:-3}
 
 # chat: CHAT_CLIENTS online clients send one-to-one messages to each other.
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
@@ -637,18 +644,40 @@ print("%g" % rate)
 EOF
 }
 
+# stolen server -> prints the last try's steal % and exits 0 if it was over
+# STEAL_VOID_PCT; records the try in $RESULTS/void.jsonl then.
+stolen() {
+    python3 - "$RESULTS/$1.jsonl" "$STEAL_VOID_PCT" "$RESULTS/void.jsonl" <<'EOF'
+import json, sys
+r = json.loads([l for l in open(sys.argv[1]) if l.strip()][-1])
+steal = r.get("steal_pct")
+print("%s" % steal)
+if steal is None or steal <= float(sys.argv[2]):
+    sys.exit(1)
+with open(sys.argv[3], "a") as f:
+    f.write(json.dumps({"server": r.get("server"), "label": r.get("label"), "timestamp": r.get("timestamp"),
+                        "steal_pct": steal}) + "\n")
+EOF
+}
+
 # step server scenario limit_ms rate [gen args...]: runs one offered rate up
-# to STEP_TRIES times, until a try is sustained (exit 0); exit 1 if none is,
-# 2 if the generator failed. STEP_HOOK, if set, is run after every try with
-# the rate as its argument.
+# to STEP_TRIES times (void tries aside, see STEAL_VOID_PCT), until a try is
+# sustained (exit 0); exit 1 if none is, 2 if the generator failed.
+# STEP_HOOK, if set, is run after every try with the rate as its argument.
 step() {
     local s=$1 sc=$2 limit=$3 r=$4; shift 4
-    local t
-    for t in $(seq "$STEP_TRIES"); do
+    local t=0 void=0 steal
+    while [ "$t" -lt "$STEP_TRIES" ]; do
+        t=$((t + 1))
         [ "$t" = 1 ] || info "not sustained at $r/s: try $t of $STEP_TRIES"
         gen "$s" "$sc" --rate "$r" "$@" || return 2
         [ -z "${STEP_HOOK:-}" ] || "$STEP_HOOK" "$r"
         if sustained "$s" "$limit"; then return 0; fi
+        if [ "$void" -lt "$STEAL_RETRIES" ] && steal=$(stolen "$s"); then
+            void=$((void + 1))
+            t=$((t - 1))
+            info "try void: $steal % steal on the server's core (over $STEAL_VOID_PCT %); run again"
+        fi
     done
     return 1
 }
@@ -735,7 +764,7 @@ fi
 prepare_run_dir
 raise_limits
 # Results of the servers being run now are replaced; others' are kept.
-rm -f "$RESULTS/fsync.jsonl"
+rm -f "$RESULTS/fsync.jsonl" "$RESULTS/void.jsonl"
 fsync_probe "at the start"
 for s in $SERVERS mosquitto; do
     rm -f "$RESULTS/$s.jsonl" "$RESULTS/$s.commands.txt" "$RESULTS/$s.check.json" "$RESULTS/$s.server.json" \
@@ -760,6 +789,7 @@ json.dump({"mode": mode, "servers": servers.split(), "date_utc": time.strftime("
            "params": {"server_cpu": $SERVER_CPU, "gen_cpu": $GEN_CPU, "log_level": "$LOG_LEVEL",
                       "p99_limit_ms": $P99_LIMIT_MS, "login_p99_limit_ms": $LOGIN_P99_LIMIT_MS,
                       "min_achieved": $MIN_ACHIEVED, "step_tries": $STEP_TRIES, "users": $NUSERS,
+                      "steal_void_pct": $STEAL_VOID_PCT, "steal_retries": $STEAL_RETRIES,
                       "chat_clients": $CHAT_CLIENTS, "chat_rates": "$CHAT_RATES", "chat_sm": "$CHAT_SM",
                       "duration_s": $DURATION, "warmup_s": $WARMUP,
                       "login_clients": $LOGIN_CLIENTS, "login_rates": "$LOGIN_RATES",
