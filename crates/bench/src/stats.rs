@@ -229,11 +229,30 @@ pub fn parse_steal_ticks(stat: &str, cpus: Option<&[usize]>) -> Option<(u64, u64
     sum
 }
 
-/// Steal time so far on the CPUs a process may run on (`None`: the whole
-/// machine): time the hypervisor gave another guest while this one had
-/// work, which a server cannot be blamed for.
-fn steal_sample(cpus: Option<&[usize]>) -> Option<(u64, u64)> {
-    parse_steal_ticks(&std::fs::read_to_string("/proc/stat").ok()?, cpus)
+/// Steal time of some CPUs (`None`: the whole machine) over a window:
+/// time the hypervisor gave another guest while this one had work, which
+/// a server cannot be blamed for.
+struct Steal {
+    cpus: Option<Vec<usize>>,
+    /// (steal, all) ticks when the window opened.
+    start: Option<(u64, u64)>,
+}
+
+impl Steal {
+    /// `stat`: the text of `/proc/stat` now.
+    fn open(cpus: Option<Vec<usize>>, stat: Option<&str>) -> Steal {
+        let start = stat.and_then(|s| parse_steal_ticks(s, cpus.as_deref()));
+        Steal { cpus, start }
+    }
+
+    /// In % of the CPUs' time since `open`; `stat` as there.
+    fn pct(&self, stat: Option<&str>) -> Option<f64> {
+        steal_pct(self.start, parse_steal_ticks(stat?, self.cpus.as_deref()))
+    }
+}
+
+fn read_proc_stat() -> Option<String> {
+    std::fs::read_to_string("/proc/stat").ok()
 }
 
 /// The CPUs a process (`None`: this one) may run on.
@@ -268,25 +287,19 @@ pub struct Window {
     pid: Option<u32>,
     server: ProcSample,
     generator: ProcSample,
-    /// The CPUs whose steal time is measured, and their ticks at the start.
-    cpus: Option<Vec<usize>>,
-    steal: Option<(u64, u64)>,
-    generator_cpus: Option<Vec<usize>>,
-    generator_steal: Option<(u64, u64)>,
+    steal: Steal,
+    generator_steal: Steal,
 }
 
 impl Window {
     pub fn open(pid: Option<u32>) -> Window {
-        let cpus = pid.and_then(|p| allowed_cpus(Some(p)));
-        let generator_cpus = allowed_cpus(None);
+        let stat = read_proc_stat();
         Window {
             pid,
             server: pid.map(|p| sample(Some(p))).unwrap_or_default(),
             generator: sample(None),
-            steal: steal_sample(cpus.as_deref()),
-            cpus,
-            generator_steal: steal_sample(generator_cpus.as_deref()),
-            generator_cpus,
+            steal: Steal::open(pid.and_then(|p| allowed_cpus(Some(p))), stat.as_deref()),
+            generator_steal: Steal::open(allowed_cpus(None), stat.as_deref()),
         }
     }
 
@@ -299,16 +312,14 @@ impl Window {
         let server = self.pid.map(|p| sample(Some(p))).unwrap_or_default();
         let generator = sample(None);
         let diff = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0));
+        let stat = read_proc_stat();
         Resources {
             server_cpu_s: diff(self.server.cpu_s, server.cpu_s),
             generator_cpu_s: diff(self.generator.cpu_s, generator.cpu_s),
             server_rss_before_kb: self.server.rss_kb,
             server_rss_after_kb: server.rss_kb,
-            steal_pct: steal_pct(self.steal, steal_sample(self.cpus.as_deref())),
-            generator_steal_pct: steal_pct(
-                self.generator_steal,
-                steal_sample(self.generator_cpus.as_deref()),
-            ),
+            steal_pct: self.steal.pct(stat.as_deref()),
+            generator_steal_pct: self.generator_steal.pct(stat.as_deref()),
         }
     }
 }

@@ -186,7 +186,7 @@ pub fn to_string(el: &Element) -> String {
 /// Serialises an element for writing on a stream: the bytes minidom's
 /// `write_to` gives, encoded by rxml straight into one buffer. minidom
 /// encodes every tag, attribute and text into a buffer of its own and
-/// copies it out, which was over half of its time for a stanza.
+/// copies it out, about half of its time for a report.
 pub fn to_bytes(el: &Element) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     if encode(el, &mut rxml::writer::Encoder::new(), &mut out).is_err() {
