@@ -1494,6 +1494,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_request_of_a_batch_gets_its_own_rows_id() {
+        let (_dir, store) = new_store().await;
+        let keyed = |n: u32| {
+            let mut item = queued("collect.localhost", n, 100);
+            item.dedup = Some(format!("alice@localhost\nR-{n}"));
+            item
+        };
+        let results = store.enqueue(&[keyed(1)]).await.expect("enqueued");
+        let [Enqueued::Accepted(one)] = results[..] else {
+            panic!("{results:?}")
+        };
+        // All new: ids in request order. Then new ones around a copy of a
+        // queued item, keyed and not, in one statement.
+        let all_new = [queued("collect.localhost", 2, 100), keyed(3), keyed(4)];
+        let mixed = [
+            queued("collect.localhost", 5, 100),
+            keyed(1),
+            keyed(6),
+            queued("collect.localhost", 7, 100),
+        ];
+        let mut sent = vec![keyed(1)];
+        let mut ids = vec![one];
+        for batch in [&all_new[..], &mixed[..]] {
+            for (item, result) in batch.iter().zip(store.enqueue(batch).await.expect("ok")) {
+                match result {
+                    Enqueued::Accepted(id) => {
+                        sent.push(item.clone());
+                        ids.push(id);
+                    }
+                    other => assert_eq!(
+                        (item.stanza_id.as_deref(), other),
+                        (Some("R-1"), Enqueued::AlreadyQueued(one))
+                    ),
+                }
+            }
+        }
+        let stored = store
+            .queue_items("collect.localhost", 0, 100)
+            .await
+            .expect("items");
+        let stored: Vec<(i64, &str)> = stored.iter().map(|i| (i.id, i.stanza.as_str())).collect();
+        let expected: Vec<(i64, &str)> = ids
+            .iter()
+            .zip(&sent)
+            .map(|(id, i)| (*id, i.stanza.as_str()))
+            .collect();
+        assert_eq!(stored, expected);
+        let depths = store.queue_depths().await.expect("depths");
+        assert_eq!(depths[0].depth, 7);
+        // Deletions are counted per queue, unknown ids not at all.
+        store
+            .queue_remove(&[ids[1], ids[4], i64::MAX])
+            .await
+            .expect("removed");
+        let depths = store.queue_depths().await.expect("depths");
+        assert_eq!(depths[0].depth, 5);
+        // The quota goes by the depth the commits keep.
+        let results = store
+            .enqueue(&[8, 9, 10].map(|n| queued("collect.localhost", n, 7)))
+            .await
+            .expect("ok");
+        assert_eq!(results.get(2), Some(&Enqueued::OverQuota), "{results:?}");
+        assert!(
+            results[..2]
+                .iter()
+                .all(|r| matches!(r, Enqueued::Accepted(_))),
+            "{results:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_copy_merges_with_its_queued_item_even_at_the_quota() {
         let (_dir, store) = new_store().await;
         let mut first = queued("collect.localhost", 1, 2);
