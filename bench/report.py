@@ -444,7 +444,9 @@ def main():
     scenario_section(
         "chat", "Chat (one-to-one messages between online clients)",
         "%s clients logged in over STARTTLS with SCRAM-SHA-1%s send `<message type='chat'>` to each other at "
-        "the offered total rate (open loop); latency is send → receipt at the addressee. Steps of %s s after "
+        "the offered total rate (open loop); latency is scheduled send → receipt at the addressee, with up to "
+        "1 ms of the generator's own in it for every server alike (tokio's millisecond timer ticks; see "
+        "bench/README.md). Steps of %s s after "
         "%s s warm-up; offered rates %s msg/s." % (
             params.get("chat_clients", "?"), " and stream management" if params.get("chat_sm") else "",
             params.get("duration_s", "?"), params.get("warmup_s", "?"), params.get("chat_rates", "?")),
