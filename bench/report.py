@@ -490,6 +490,8 @@ def main():
         "%s collectors send reports to `collect.localhost`; Tributary commits each to its durable component "
         "queue, `tributary process` (pinned to the server's core too) stores it in SQLite and confirms; latency "
         "is send → confirmation. The processor's CPU seconds (warm-up included) are in the last column. "
+        "All steps write into one processor database, which grows from step to step, and the processor's cost "
+        "per report with it (bench/README.md, \"What bounds the report and drain rates\"). "
         "ejabberd and Prosody have no equivalent, so there is nothing to compare against." % params.get("report_clients", "?"),
         limit, "reports/s", ["tributary"])
 
