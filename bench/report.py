@@ -322,6 +322,9 @@ def main():
       % (run.get("cpu_busy_at_start_pct", "?"), run.get("loadavg_at_start", "?"), env.get("loadavg_at_end", "?")))
     w("| pinning | server under test on core %s, load generator on core %s (`taskset -c`), the same for every server; one server at a time |"
       % (params.get("server_cpu", "?"), params.get("gen_cpu", "?")))
+    w("| latency | counted from each stanza's scheduled time (open loop); senders wake on tokio's millisecond "
+      "timer ticks, so every latency includes 0–1 ms of the generator's own, for every server alike "
+      "(bench/README.md, \"Reading the numbers\") |")
     w("")
     w("## Versions")
     w("")
@@ -444,9 +447,7 @@ def main():
     scenario_section(
         "chat", "Chat (one-to-one messages between online clients)",
         "%s clients logged in over STARTTLS with SCRAM-SHA-1%s send `<message type='chat'>` to each other at "
-        "the offered total rate (open loop); latency is scheduled send → receipt at the addressee, with up to "
-        "1 ms of the generator's own in it for every server alike (tokio's millisecond timer ticks; see "
-        "bench/README.md). Steps of %s s after "
+        "the offered total rate (open loop); latency is send → receipt at the addressee. Steps of %s s after "
         "%s s warm-up; offered rates %s msg/s." % (
             params.get("chat_clients", "?"), " and stream management" if params.get("chat_sm") else "",
             params.get("duration_s", "?"), params.get("warmup_s", "?"), params.get("chat_rates", "?")),
