@@ -16,6 +16,7 @@ use crate::stream::{Outgoing, Peer};
 use minidom::Element;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -276,8 +277,20 @@ impl Conn {
     /// Runs the stream until it closes, drops, is handed over, or asks
     /// for a TLS upgrade.
     async fn drive<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut stream: S) -> End<S> {
-        let login_deadline = tokio::time::Instant::now()
-            + Duration::from_secs(self.node.config.limits.login_timeout);
+        // The waits on the tokens and the timers are made once per stream,
+        // not once per wake-up: made inside the loop, each one joined the
+        // token's waiter list or the timer wheel on its first poll and left
+        // it when dropped, on every read and every outbound stanza.
+        let mut shutdown = pin!(self.shutdown.clone().cancelled_owned());
+        // A resumed session brings its own token (`resume`), so this wait
+        // is made again when the stream becomes bound.
+        let mut kill = pin!(self.kill.clone().cancelled_owned());
+        let mut kill_bound = self.bound.is_some();
+        let mut login_deadline = pin!(tokio::time::sleep(Duration::from_secs(
+            self.node.config.limits.login_timeout
+        )));
+        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer_at: Option<Instant> = None;
         loop {
             if self.bound.is_none() && self.rx.is_none() {
                 return End::HandedOver;
@@ -290,14 +303,22 @@ impl Conn {
                 return End::Closed;
             }
             let bound = self.bound.is_some();
+            if bound != kill_bound {
+                kill.set(self.kill.clone().cancelled_owned());
+                kill_bound = bound;
+            }
             let wake = self.next_wake();
+            if let Some(at) = wake.filter(|&at| timer_at != Some(at)) {
+                timer.as_mut().reset(at.into());
+                timer_at = Some(at);
+            }
             let resume_rx = self.bound.as_mut().and_then(|b| b.resume_rx.as_mut());
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
                 }
-                _ = self.kill.cancelled() => {
+                _ = &mut kill => {
                     self.close_with(Some(StreamError::with_text(
                         StreamErrorCondition::PolicyViolation,
                         "too many stanzas waiting: the client is not reading",
@@ -326,10 +347,10 @@ impl Conn {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(login_deadline), if !bound => {
+                _ = &mut login_deadline, if !bound => {
                     self.close_with(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                 }
-                _ = sleep_until_opt(wake), if bound => {
+                _ = &mut timer, if bound && wake.is_some() => {
                     if self.on_timer(Instant::now()) {
                         tracing::info!("peer stopped answering");
                         return End::Lost;
@@ -477,7 +498,10 @@ impl Conn {
             stream.write_all(&data).await?;
             stream.flush().await
         };
+        // The write first: it nearly always completes in its first poll,
+        // and then the kill token and the timeout are never registered.
         tokio::select! {
+            biased;
             r = write => r.is_ok(),
             _ = self.kill.cancelled() => false,
             _ = tokio::time::sleep(WRITE_TIMEOUT) => {
@@ -928,13 +952,6 @@ fn read_some<S: AsyncRead + Unpin>(
         std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
         std::task::Poll::Ready(Ok(buf.filled().to_vec()))
     })
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// TLS facts the SASL layer needs. tls-exporter channel binding is only
