@@ -376,9 +376,13 @@ def main():
     w("In the step tables, *steal %%* is the time the hypervisor gave to other guests while the server's core "
       "(and the generator's) had work, as a share of that core's time over the measured window (`/proc/stat`): "
       "on a shared VM a try can fail because a core was taken away, which no server can help.%s" % (
-          " A try that failed with more than %s %% steal on the server's core was void: it did not count as a "
+          " A try that failed with more than %s %% steal on %s was void: it did not count as a "
           "try and the step was run again (at most %s times per step, every server alike); void tries are "
-          "marked in the tables." % (params["steal_void_pct"], params.get("steal_retries", "?"))
+          "marked in the tables." % (params["steal_void_pct"],
+                                     # runs before 2026-11-27 evening only looked at the server's core
+                                     "the server's core or the generator's" if params.get("steal_void_cores")
+                                     else "the server's core",
+                                     params.get("steal_retries", "?"))
           if "steal_void_pct" in params else ""))
     w("")
     w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"
