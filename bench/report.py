@@ -74,7 +74,10 @@ def collect_environment(repo):
     }
     git_env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never touch the index
     rev = sh("git", "-C", repo, "rev-parse", "HEAD", env=git_env)
-    dirty = sh("git", "-C", repo, "status", "--porcelain", "--untracked-files=no", env=git_env)
+    # run.sh writes bench/results and RESULTS.md while it runs: those are
+    # the run's output, not a change to what was measured.
+    dirty = sh("git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--",
+               ".", ":(exclude)bench/results", ":(exclude)bench/RESULTS.md", env=git_env)
     trib = os.path.join(repo, "target", "release", "tributary")
     env["versions"] = {
         "tributary": "%s (git %s%s)" % (
