@@ -391,9 +391,12 @@ def main():
                                      "the server's core or the generator's" if params.get("steal_void_cores")
                                      else "the server's core",
                                      params.get("steal_retries", "?"),
-                                     " A void try that passed still makes its rate sustained (steal only slows a "
-                                     "server down); the rerun gives the rate's figures in the summary and the charts."
-                                     if params.get("steal_void_passed") else "")
+                                     (" A void try that passed still makes its rate sustained (steal only slows a "
+                                      "server down); the rerun gives the rate's figures in the summary and the charts."
+                                      if params.get("steal_void_passed") else "")
+                                     + (" Before every try run.sh waited (at most %s s) for a second in which neither core "
+                                        "lost more than %s %% to steal." % (params["quiet_wait_s"], params["steal_void_pct"])
+                                        if "quiet_wait_s" in params else ""))
           if "steal_void_pct" in params else ""))
     w("")
     w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"

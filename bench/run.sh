@@ -72,6 +72,11 @@ STEP_TRIES=${STEP_TRIES:-3}
 # the figures. Void tries stay in the results, marked so in RESULTS.md.
 STEAL_VOID_PCT=${STEAL_VOID_PCT:-5}
 STEAL_RETRIES=${STEAL_RETRIES:-3}
+# Before every try, run.sh waits up to QUIET_WAIT_S seconds for a second
+# in which neither core lost more than STEAL_VOID_PCT % to steal (then
+# runs the try anyway): on 2026-11-27 the host took 26-64 % of the cores
+# for ten minutes, which used up every void rerun of the steps it hit.
+QUIET_WAIT_S=${QUIET_WAIT_S:-300}
 
 # chat: CHAT_CLIENTS online clients send one-to-one messages to each other.
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
@@ -568,6 +573,41 @@ detect_bench() {
 has_scenario() { [[ " $BENCH_SCENARIOS " == *" $1 "* ]]; }
 
 # gen server scenario [extra args...]; appends one JSON line to $RESULTS/<server>.jsonl
+# core_steal -> prints the steal % of the server's and the generator's
+# core over one second; exits 0 if neither is over STEAL_VOID_PCT.
+core_steal() {
+    python3 - "$SERVER_CPU" "$GEN_CPU" "$STEAL_VOID_PCT" <<'EOF'
+import sys, time
+cores = ["cpu" + c for c in sys.argv[1:3]]
+def sample():
+    out = {}
+    for line in open("/proc/stat"):
+        f = line.split()
+        if f[0] in cores:
+            v = [int(x) for x in f[1:]]
+            out[f[0]] = (v[7], sum(v[:8]))  # steal, all time but guest
+    return out
+a = sample(); time.sleep(1); b = sample()
+pct = [100.0 * (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in cores]
+print("%.1f / %.1f" % tuple(pct))
+sys.exit(0 if max(pct) <= float(sys.argv[3]) else 1)
+EOF
+}
+
+# await_quiet: waits (at most QUIET_WAIT_S) until core_steal says quiet.
+await_quiet() {
+    local t0=$SECONDS steal
+    until steal=$(core_steal); do
+        if [ $((SECONDS - t0)) -ge "$QUIET_WAIT_S" ]; then
+            info "host still busy after ${QUIET_WAIT_S}s ($steal % steal on the server's / the generator's core): running anyway"
+            return
+        fi
+        [ $((SECONDS - t0)) -gt 1 ] || info "host busy ($steal % steal on the server's / the generator's core): waiting up to ${QUIET_WAIT_S}s for a quiet second"
+        sleep 2
+    done
+    [ $((SECONDS - t0)) -le 1 ] || info "quiet again after $((SECONDS - t0))s"
+}
+
 gen() {
     local s=$1 sc=$2; shift 2
     local out=$RESULTS/$s.jsonl
@@ -580,6 +620,7 @@ gen() {
     [ -f "$out" ] && before=$(wc -l < "$out")
     local logf=$RUN/logs/$s-$sc.log
     echo "\$ ${cmd[*]}" >> "$logf"
+    await_quiet
     if ! "${cmd[@]}" >> "$logf" 2>&1; then
         info "generator exited non-zero (see $logf):"; tail -5 "$logf" | sed 's/^/     /'
         [ -f "$out" ] && [ "$(wc -l < "$out")" -gt "$before" ] || return 1
@@ -802,7 +843,7 @@ json.dump({"mode": mode, "servers": servers.split(), "date_utc": time.strftime("
            "params": {"server_cpu": $SERVER_CPU, "gen_cpu": $GEN_CPU, "log_level": "$LOG_LEVEL",
                       "p99_limit_ms": $P99_LIMIT_MS, "login_p99_limit_ms": $LOGIN_P99_LIMIT_MS,
                       "min_achieved": $MIN_ACHIEVED, "step_tries": $STEP_TRIES, "users": $NUSERS,
-                      "steal_void_pct": $STEAL_VOID_PCT, "steal_void_cores": "server, generator", "steal_void_passed": True, "steal_retries": $STEAL_RETRIES,
+                      "steal_void_pct": $STEAL_VOID_PCT, "steal_void_cores": "server, generator", "steal_void_passed": True, "steal_retries": $STEAL_RETRIES, "quiet_wait_s": $QUIET_WAIT_S,
                       "chat_clients": $CHAT_CLIENTS, "chat_rates": "$CHAT_RATES", "chat_sm": "$CHAT_SM",
                       "duration_s": $DURATION, "warmup_s": $WARMUP,
                       "login_clients": $LOGIN_CLIENTS, "login_rates": "$LOGIN_RATES",
