@@ -596,16 +596,17 @@ EOF
 
 # await_quiet: waits (at most QUIET_WAIT_S) until core_steal says quiet.
 await_quiet() {
-    local t0=$SECONDS steal
+    local t0=$SECONDS waited=0 steal
     until steal=$(core_steal); do
         if [ $((SECONDS - t0)) -ge "$QUIET_WAIT_S" ]; then
             info "host still busy after ${QUIET_WAIT_S}s ($steal % steal on the server's / the generator's core): running anyway"
             return
         fi
-        [ $((SECONDS - t0)) -gt 1 ] || info "host busy ($steal % steal on the server's / the generator's core): waiting up to ${QUIET_WAIT_S}s for a quiet second"
+        [ "$waited" = 1 ] || info "host busy ($steal % steal on the server's / the generator's core): waiting up to ${QUIET_WAIT_S}s for a quiet second"
+        waited=1
         sleep 2
     done
-    [ $((SECONDS - t0)) -le 1 ] || info "quiet again after $((SECONDS - t0))s"
+    [ "$waited" = 0 ] || info "quiet again after $((SECONDS - t0))s"
 }
 
 gen() {
