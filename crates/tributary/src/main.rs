@@ -322,9 +322,18 @@ async fn process(args: ProcessArgs) -> Result<()> {
         max_backoff: std::time::Duration::from_secs(10),
         commit_delay: std::time::Duration::from_millis(args.commit_delay_ms),
     };
+    // Spawned, not polled by `block_on` here: the thread that calls
+    // `block_on` is not one of the runtime's workers, so each socket or
+    // database wake-up of the link would come through a worker thread and
+    // then a second thread switch to this one.
+    let link_task = tokio::spawn(tributary_processor::run(link, db, stats));
+    let abort = link_task.abort_handle();
     tokio::select! {
-        _ = tributary_processor::run(link, db, stats) => {}
-        _ = shutdown_signal() => tracing::info!("stopping"),
+        _ = link_task => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopping");
+            abort.abort();
+        }
     }
     Ok(())
 }
