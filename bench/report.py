@@ -229,6 +229,27 @@ def rate_table(rows, limit, min_ach, unit, processor=None, accepted=None, void=f
     return out
 
 
+def void_rule(params):
+    """What RESULTS.md says of void tries, as run.json records run.sh's
+    rule for that run (older runs had a narrower one)."""
+    if "steal_void_pct" not in params:
+        return ""
+    passed = params.get("steal_void_passed")
+    # runs before 2026-11-27 evening only looked at the server's core
+    cores = "the server's core or the generator's" if params.get("steal_void_cores") else "the server's core"
+    text = (" A try that %s with more than %s %% steal on %s was void: it did not count as a try and the step was "
+            "run again (at most %s times per step, every server alike); void tries are marked in the tables."
+            % ("passed or failed" if passed else "failed", params["steal_void_pct"], cores,
+               params.get("steal_retries", "?")))
+    if passed:
+        text += (" A void try that passed still makes its rate sustained (steal only slows a server down); the "
+                 "rerun gives the rate's figures in the summary and the charts.")
+    if "quiet_wait_s" in params:
+        text += (" Before every try run.sh waited (at most %s s) for a second in which neither core lost more "
+                 "than %s %% to steal." % (params["quiet_wait_s"], params["steal_void_pct"]))
+    return text
+
+
 def best(rows, limit, min_ach, void=frozenset()):
     """The sustained try at the highest rate; of several there, the last
     one not void (run.sh reruns a void try that passed, for its figures)."""
@@ -382,22 +403,7 @@ def main():
     w("")
     w("In the step tables, *steal %%* is the time the hypervisor gave to other guests while the server's core "
       "(and the generator's) had work, as a share of that core's time over the measured window (`/proc/stat`): "
-      "on a shared VM a try can fail because a core was taken away, which no server can help.%s" % (
-          " A try that %s with more than %s %% steal on %s was void: it did not count as a "
-          "try and the step was run again (at most %s times per step, every server alike); void tries are "
-          "marked in the tables.%s" % ("passed or failed" if params.get("steal_void_passed") else "failed",
-                                     params["steal_void_pct"],
-                                     # runs before 2026-11-27 evening only looked at the server's core
-                                     "the server's core or the generator's" if params.get("steal_void_cores")
-                                     else "the server's core",
-                                     params.get("steal_retries", "?"),
-                                     (" A void try that passed still makes its rate sustained (steal only slows a "
-                                      "server down); the rerun gives the rate's figures in the summary and the charts."
-                                      if params.get("steal_void_passed") else "")
-                                     + (" Before every try run.sh waited (at most %s s) for a second in which neither core "
-                                        "lost more than %s %% to steal." % (params["quiet_wait_s"], params["steal_void_pct"])
-                                        if "quiet_wait_s" in params else ""))
-          if "steal_void_pct" in params else ""))
+      "on a shared VM a try can fail because a core was taken away, which no server can help.%s" % void_rule(params))
     w("")
     w("| server | chat: max sustained msg/s (p99 < %g ms) | p99 there | CPU s / 100k msgs there | login: max sustained logins/s (p99 < %g ms) | idle: RSS per session | report: max sustained reports/s |"
       % (limit, login_limit))

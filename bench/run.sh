@@ -572,7 +572,6 @@ detect_bench() {
 }
 has_scenario() { [[ " $BENCH_SCENARIOS " == *" $1 "* ]]; }
 
-# gen server scenario [extra args...]; appends one JSON line to $RESULTS/<server>.jsonl
 # core_steal -> prints the steal % of the server's and the generator's
 # core over one second; exits 0 if neither is over STEAL_VOID_PCT.
 core_steal() {
@@ -609,6 +608,7 @@ await_quiet() {
     [ "$waited" = 0 ] || info "quiet again after $((SECONDS - t0))s"
 }
 
+# gen server scenario [extra args...]; appends one JSON line to $RESULTS/<server>.jsonl
 gen() {
     local s=$1 sc=$2; shift 2
     local out=$RESULTS/$s.jsonl
@@ -718,21 +718,20 @@ EOF
 # STEP_HOOK, if set, is run after every try with the rate as its argument.
 step() {
     local s=$1 sc=$2 limit=$3 r=$4; shift 4
-    local t=0 void=0 passed=0 ok steal
+    local t=0 void=0 passed=0 steal
     while [ "$t" -lt "$STEP_TRIES" ]; do
         t=$((t + 1))
         [ "$t" = 1 ] || [ "$passed" = 1 ] || info "not sustained at $r/s: try $t of $STEP_TRIES"
         gen "$s" "$sc" --rate "$r" "$@" || return 2
         [ -z "${STEP_HOOK:-}" ] || "$STEP_HOOK" "$r"
-        ok=0
-        if sustained "$s" "$limit"; then ok=1; passed=1; fi
+        if sustained "$s" "$limit"; then passed=1; fi
         if [ "$void" -lt "$STEAL_RETRIES" ] && steal=$(stolen "$s"); then
             void=$((void + 1))
             t=$((t - 1))
             info "try void: $steal % steal on the server's / the generator's core (over $STEAL_VOID_PCT %); run again"
             continue
         fi
-        if [ "$ok" = 1 ] || [ "$passed" = 1 ]; then return 0; fi
+        if [ "$passed" = 1 ]; then return 0; fi
     done
     return 1
 }

@@ -326,13 +326,12 @@ async fn process(args: ProcessArgs) -> Result<()> {
     // `block_on` is not one of the runtime's workers, so each socket or
     // database wake-up of the link would come through a worker thread and
     // then a second thread switch to this one.
-    let link_task = tokio::spawn(tributary_processor::run(link, db, stats));
-    let abort = link_task.abort_handle();
+    let mut link_task = tokio::spawn(tributary_processor::run(link, db, stats));
     tokio::select! {
-        _ = link_task => {}
+        _ = &mut link_task => {}
         _ = shutdown_signal() => {
             tracing::info!("stopping");
-            abort.abort();
+            link_task.abort();
         }
     }
     Ok(())
