@@ -346,6 +346,13 @@ def main():
             probes[0].get("count", "?"),
             "; ".join("%s %s / %s / %s ms" % (p.get("label", "?"), fmt(num(p, "p50_ms"), 2), fmt(num(p, "p99_ms"), 2),
                                                fmt(num(p, "max_ms"), 2)) for p in probes)))
+    cpu = read_jsonl(os.path.join(R, "cpu.jsonl"))
+    if cpu:
+        w("| CPU speed: SHA-256 of a 64 KiB buffer 4,096 times (256 MiB, in cache), median of 5, ms on core %s / core %s "
+          "(higher = a slower core: other guests can share its caches or hyper-thread sibling without any steal) | %s |" % (
+              params.get("server_cpu", "?"), params.get("gen_cpu", "?"),
+              "; ".join("%s %s / %s" % (p.get("label", "?"), fmt(num(p, "server_core_ms"), 0), fmt(num(p, "gen_core_ms"), 0))
+                        for p in cpu)))
     w("| other CPU activity before the run | %s%% of both cores busy (2 s sample); load average at start %s, at end %s (the latter includes the benchmark) |"
       % (run.get("cpu_busy_at_start_pct", "?"), run.get("loadavg_at_start", "?"), env.get("loadavg_at_end", "?")))
     w("| pinning | server under test on core %s, load generator on core %s (`taskset -c`), the same for every server; one server at a time |"

@@ -677,6 +677,33 @@ print(json.dumps({"label": label, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S",
 EOF
 }
 
+# cpu_probe label: how long a fixed piece of work takes on the server's
+# core and on the generator's (SHA-256 of a 64 KiB buffer 4,096 times: 256
+# MiB, in cache; median of 5); one JSON line in $RESULTS/cpu.jsonl. Steal
+# time does not show other guests sharing a core's caches or its
+# hyper-thread sibling: one evening the same binary took 13.4 CPU s for a
+# chat step at 30,000 msg/s in one run and 19.0-19.6 s in the next, with
+# under 1 % steal in both. Figures from runs with different probe times
+# are not comparable; ratios within a run still are.
+cpu_probe() {
+    python3 - "$1" "$SERVER_CPU" "$GEN_CPU" >> "$RESULTS/cpu.jsonl" <<'EOF'
+import hashlib, json, os, statistics, sys, time
+label, cores = sys.argv[1], [int(c) for c in sys.argv[2:]]
+buf, ms = os.urandom(64 * 1024), []
+for core in cores:
+    os.sched_setaffinity(0, {core})
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(4096):
+            hashlib.sha256(buf).digest()
+        runs.append((time.perf_counter() - t) * 1000)
+    ms.append(round(statistics.median(runs), 1))
+print(json.dumps({"label": label, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                  "server_core_ms": ms[0], "gen_core_ms": ms[1]}))
+EOF
+}
+
 # idle_rate server -> logins/s for opening the idle sessions (see IDLE_CONNECT_RATE)
 idle_rate() {
     python3 - "$RESULTS/$1.jsonl" "$LOGIN_P99_LIMIT_MS" "$MIN_ACHIEVED" "$IDLE_CONNECT_RATE" "$IDLE_MIN_RATE" <<'EOF'
@@ -777,6 +804,7 @@ run_scenarios() {
     fi
     if [ "$s" = tributary ] && has_scenario report; then
         fsync_probe "before the report steps"
+        cpu_probe "before the report steps"
         PROC_CPU_T0=$(cpu_ticks "$(cat "$RUN/tributary/process.pid")")
         STEP_HOOK=record_processor_cpu steps tributary report "$P99_LIMIT_MS" "$REPORT_CLIENTS" "$REPORT_RATES" \
             --to "collect.$DOMAIN" $REPORT_SM
@@ -818,7 +846,7 @@ fi
 prepare_run_dir
 raise_limits
 # Results of the servers being run now are replaced; others' are kept.
-rm -f "$RESULTS/fsync.jsonl" "$RESULTS/void.jsonl"
+rm -f "$RESULTS/fsync.jsonl" "$RESULTS/void.jsonl" "$RESULTS/cpu.jsonl"
 fsync_probe "at the start"
 for s in $SERVERS mosquitto; do
     rm -f "$RESULTS/$s.jsonl" "$RESULTS/$s.commands.txt" "$RESULTS/$s.check.json" "$RESULTS/$s.server.json" \
@@ -858,6 +886,7 @@ EOF
 
 for s in $SERVERS; do
     log "$s: configure and start (pinned to core $SERVER_CPU)"
+    cpu_probe "before $s"
     t_setup=$(date +%s.%N)
     case $s in
         tributary) setup_tributary; start_tributary;;
@@ -873,6 +902,7 @@ for s in $SERVERS; do
     SERVER_PID=""
 done
 
+cpu_probe "before mosquitto"
 log "mosquitto: configure and start (pinned to core $SERVER_CPU)"
 setup_mosquitto
 start_mosquitto
@@ -895,6 +925,7 @@ else
     info "$PLOT not built (--no-build?): RESULTS.md will have no charts"
 fi
 fsync_probe "at the end"
+cpu_probe "at the end"
 log "writing $RESULTS_MD"
 python3 "$BENCH_DIR/report.py" --snapshot --results "$RESULTS" --out "$RESULTS_MD" --repo "$REPO"
 info "done: $RESULTS_MD"
