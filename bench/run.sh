@@ -80,13 +80,13 @@ QUIET_WAIT_S=${QUIET_WAIT_S:-300}
 
 # chat: CHAT_CLIENTS online clients send one-to-one messages to each other.
 CHAT_CLIENTS=${CHAT_CLIENTS:-1000}
-CHAT_RATES=${CHAT_RATES:-"250 500 750 1000 2000 3000 5000 7500 10000 15000 20000 25000 30000 35000 40000 45000 50000"}   # msg/s offered, increasing
+CHAT_RATES=${CHAT_RATES:-"250 500 750 1000 2000 3000 5000 7500 10000 15000 20000 25000 30000 35000 40000 45000 50000 55000 60000"}   # msg/s offered, increasing
 CHAT_SM=${CHAT_SM:---sm}                 # XEP-0198 on ("" to turn off)
 DURATION=${DURATION:-20}                 # seconds measured per step
 WARMUP=${WARMUP:-5}                      # seconds before measuring
 # login storm: logins per second (connect, STARTTLS, SCRAM, bind, close).
 LOGIN_CLIENTS=${LOGIN_CLIENTS:-1000}
-LOGIN_RATES=${LOGIN_RATES:-"100 250 300 375 500 750 1000 1250 1500 2000 2500 3000"}
+LOGIN_RATES=${LOGIN_RATES:-"100 250 300 375 500 750 1000 1250 1500 2000 2500 3000 3500 4000"}
 # idle: IDLE_CLIENTS sessions held for IDLE_DURATION s; RSS per session.
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 # Sessions are opened at half the server's max sustained login rate (from
@@ -99,7 +99,7 @@ IDLE_DURATION=${IDLE_DURATION:-30}
 # report (Tributary only): reports to collect.localhost, stored and confirmed
 # by `tributary process`.
 REPORT_CLIENTS=${REPORT_CLIENTS:-1000}
-REPORT_RATES=${REPORT_RATES:-"1000 1500 2000 2500 3000 4000 5000 6000 7500 10000 20000"}
+REPORT_RATES=${REPORT_RATES:-"1000 1500 2000 2500 3000 4000 5000 6000 7500 10000 12500 15000 20000"}
 REPORT_SM=${REPORT_SM:---sm}
 # drain (Tributary only): DRAIN_CLIENTS send DRAIN_RATE reports/s for
 # DRAIN_SECONDS with the processor stopped (the backlog: rate x seconds,
@@ -111,7 +111,7 @@ DRAIN_SECONDS=${DRAIN_SECONDS:-100}
 # mqtt (Mosquitto, over TLS on MQTTS_PORT): QoS 1 publishes between the
 # clients, each to its own topic; PUBACK and delivery latency.
 MQTT_CLIENTS=${MQTT_CLIENTS:-1000}
-MQTT_RATES=${MQTT_RATES:-"1000 2000 5000 7500 10000 12500 15000 20000 25000 30000"}
+MQTT_RATES=${MQTT_RATES:-"1000 2000 5000 7500 10000 12500 15000 20000 25000 30000 35000 40000 50000"}
 
 MODE=full
 DO_INSTALL=1
