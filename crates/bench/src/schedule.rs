@@ -2,7 +2,8 @@
 //! advance and independent of how fast the server answers.
 //!
 //! Events are numbered globally: event `n` is due `n / rate` seconds after
-//! the common start. With `clients` clients, client `k` owns the events
+//! the common start, plus a dither of less than a millisecond (see
+//! [`Schedule::at_ns`]). With `clients` clients, client `k` owns the events
 //! `n = j * clients + k` (its `j`-th), so the total rate is spread evenly
 //! over the clients. Events due before `warmup` are sent but not measured;
 //! the schedule ends at `warmup + duration` (events due at or after the end
@@ -46,6 +47,13 @@ pub struct Slot {
     /// Outside the warm-up: its latency is recorded.
     pub measured: bool,
 }
+
+/// The span of the dither added to due times: tokio's timer tick.
+const DITHER_NS: u64 = 1_000_000;
+
+/// 1/φ: its multiples modulo 1 fill [0, 1) evenly for any run of
+/// consecutive `n` (the golden-ratio, or Weyl, sequence).
+const INV_PHI: f64 = 0.618_033_988_749_894_9;
 
 /// The count of events due strictly before `secs` at `rate`: the least `n`
 /// with `n / rate >= secs`. A tolerance keeps products that are meant to be
@@ -129,9 +137,23 @@ impl Schedule {
         self.end - self.first_measured.min(self.end)
     }
 
-    /// Due time of event `n`, in nanoseconds since the start.
+    /// Due time of event `n`, in nanoseconds since the start: `n / rate`
+    /// plus `frac(n / φ)` of [`DITHER_NS`].
+    ///
+    /// Senders sleep on tokio's timer, which wakes them on its next
+    /// millisecond tick, and latency counts from the due time. Without the
+    /// dither, at rates whose interval is a whole number of milliseconds
+    /// (250, 500, 1,000/s ...) every event sits at the same distance
+    /// before a tick, fixed by when the run happened to start: each run's
+    /// latencies moved by one constant between 0 and 1 ms (p50 0.71 to
+    /// 1.59 ms at 500-1,000 msg/s against the same server), and a
+    /// comparison of two servers at a low rate measured that luck. The
+    /// golden-ratio sequence spreads the events evenly over the tick
+    /// whatever the rate and start, so every run and every server gets the
+    /// same share of it.
     pub fn at_ns(&self, n: u64) -> u64 {
-        (n as f64 * 1e9 / self.rate).round() as u64
+        let dither = (n as f64 * INV_PHI).fract() * DITHER_NS as f64;
+        (n as f64 * 1e9 / self.rate + dither).round() as u64
     }
 
     /// Whether event `n` is measured (due at or after the warm-up).
@@ -235,6 +257,40 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// Due at `n / rate` (`base`), dithered by less than a tick.
+    fn assert_due(at_ns: u64, base: u64) {
+        assert!(
+            (base..base + DITHER_NS).contains(&at_ns),
+            "{at_ns} not in [{base}, {base} + 1 ms)"
+        );
+    }
+
+    #[test]
+    fn due_times_spread_evenly_over_the_timer_tick() {
+        // 500/s: every undithered due time is a whole number of ms, the
+        // same distance before each tick. Dithered, 1,000 consecutive
+        // events fill each tenth of a millisecond about equally.
+        let s = Schedule::new(1000, 500.0, secs(0.0), secs(2.0)).expect("valid");
+        let mut tenths = [0u32; 10];
+        for n in 0..s.total() {
+            let at_ns = s.at_ns(n);
+            assert_due(at_ns, n * 2_000_000);
+            tenths[(at_ns % DITHER_NS / (DITHER_NS / 10)) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&c| (95..=105).contains(&c)),
+            "{tenths:?}"
+        );
+        // A client's own events stay in order: they are clients / rate
+        // (here 2 s) apart, far more than the dither.
+        let mut c = s.client(3);
+        let mut last = None;
+        while let Some(slot) = c.pop() {
+            assert!(last < Some(slot.at_ns));
+            last = Some(slot.at_ns);
+        }
+    }
+
     #[test]
     fn events_are_spread_evenly_over_the_clients() {
         let s = Schedule::new(4, 100.0, secs(0.0), secs(1.0)).expect("valid");
@@ -243,9 +299,11 @@ mod tests {
         // Client k's j-th event is due at (j * clients + k) / rate.
         let mut c1 = s.client(1);
         let first = c1.pop().expect("event");
-        assert_eq!((first.n, first.seq, first.at_ns), (1, 0, 10_000_000));
+        assert_eq!((first.n, first.seq), (1, 0));
+        assert_due(first.at_ns, 10_000_000);
         let second = c1.pop().expect("event");
-        assert_eq!((second.n, second.seq, second.at_ns), (5, 1, 50_000_000));
+        assert_eq!((second.n, second.seq), (5, 1));
+        assert_due(second.at_ns, 50_000_000);
         // All events, across clients, are 1/rate apart and each owned once.
         let mut all: Vec<u64> = (0..4)
             .flat_map(|k| {
@@ -320,14 +378,17 @@ mod tests {
         assert_eq!(c.pop_due(19_999_999), None, "event 2 is due at 20 ms");
         // Far behind schedule: everything due comes out at once, each with
         // its own scheduled time, not the time it is sent.
-        let late: Vec<u64> = std::iter::from_fn(|| c.pop_due(100_000_000))
-            .map(|x| x.at_ns)
+        let late: Vec<(u64, u64)> = std::iter::from_fn(|| c.pop_due(101_000_000))
+            .map(|x| (x.n, x.at_ns))
             .collect();
         assert_eq!(
-            late,
-            vec![20_000_000, 40_000_000, 60_000_000, 80_000_000, 100_000_000]
+            late.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![2, 4, 6, 8, 10]
         );
-        assert_eq!(c.peek().map(|x| x.at_ns), Some(120_000_000));
+        for (n, at_ns) in late {
+            assert_due(at_ns, n * 10_000_000);
+        }
+        assert_eq!(c.peek().map(|x| x.n), Some(12));
     }
 
     #[test]
@@ -354,7 +415,7 @@ mod tests {
     fn owner_and_due_times() {
         let s = Schedule::new(7, 1000.0, secs(0.0), secs(10.0)).expect("valid");
         assert_eq!(s.owner(15), 1);
-        assert_eq!(s.at_ns(1500), 1_500_000_000);
+        assert_due(s.at_ns(1500), 1_500_000_000);
         assert!(s.contains(9999));
         assert!(!s.contains(10_000));
     }
