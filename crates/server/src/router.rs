@@ -79,14 +79,23 @@ impl SessionEntry {
     /// Queues a stanza; false when the session is gone or stuck (and then
     /// killed), so the caller can fall back to offline storage.
     pub fn deliver(&self, el: Element) -> bool {
-        match self.tx.try_send(Outbound::Stanza(Box::new(el))) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        self.offer(el).is_ok()
+    }
+
+    /// [`SessionEntry::deliver`] that gives the stanza back when it was not
+    /// queued, so that a caller can pass its only copy and still store it.
+    pub fn offer(&self, el: Element) -> Result<(), Element> {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Outbound::Stanza(Box::new(el)));
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
                 tracing::warn!(resource = %self.resource, "session queue full; closing the session");
                 self.kill.cancel();
-                false
+                Err(el)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(())) => Err(el),
         }
     }
 }
@@ -325,15 +334,22 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_kills_the_session() {
+    fn a_full_queue_kills_the_session_and_gives_the_stanza_back() {
         let r = Router::new();
         let alice: BareJid = "alice@localhost".parse().expect("jid");
-        let (q, _rx) = req(&alice, Some("a"));
+        let (q, rx) = req(&alice, Some("a"));
         r.bind(q, 1).expect("bound");
         let s = r.session("alice", "a").expect("session");
-        assert!(s.deliver(Element::bare("message", "jabber:client")));
-        assert!(s.deliver(Element::bare("message", "jabber:client")));
-        assert!(!s.deliver(Element::bare("message", "jabber:client")));
+        let msg: Element = "<message xmlns='jabber:client' id='m1'><body>kept</body></message>"
+            .parse()
+            .expect("message");
+        assert!(s.deliver(msg.clone()));
+        assert_eq!(s.offer(msg.clone()), Ok(()));
+        assert!(!s.kill.is_cancelled());
+        assert_eq!(s.offer(msg.clone()), Err(msg.clone()), "queue full");
         assert!(s.kill.is_cancelled());
+        drop(rx);
+        let other = r.session("alice", "a").expect("still bound");
+        assert_eq!(other.offer(msg.clone()), Err(msg), "connection gone");
     }
 }

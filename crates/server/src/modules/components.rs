@@ -227,12 +227,17 @@ pub async fn from_component(node: &Node, el: Element) -> Routed {
                 (Some(user), Some(resource)) => {
                     let session = node.router.session(user.as_str(), resource.as_str());
                     let blocked = node.blocks(user.as_str(), &from).await;
-                    match session {
-                        Some(s) if !blocked && s.deliver(el.clone()) => Routed::reached_session(),
-                        _ => {
-                            Routed::reply(error_for(&el, StanzaErrorCondition::ServiceUnavailable))
-                        }
-                    }
+                    let not_delivered = match session {
+                        Some(s) if !blocked => match s.offer(el) {
+                            Ok(()) => return Routed::reached_session(),
+                            Err(back) => back,
+                        },
+                        _ => el,
+                    };
+                    Routed::reply(error_for(
+                        &not_delivered,
+                        StanzaErrorCondition::ServiceUnavailable,
+                    ))
                 }
                 // Components ping the server to check their link.
                 (None, None) if is_ping => Routed::reply(Some(stanza::iq_result(&el, None))),

@@ -102,13 +102,33 @@ pub async fn deliver(node: &Node, user: &str, to: &Jid, t: MessageType, msg: Ele
     };
     match disposition {
         Disposition::Deliver(targets) => {
+            // The last session is given the message itself unless a carbon
+            // copy may still be made of it: one clone fewer per message,
+            // usually the only one.
+            let copy_after = sessions.iter().any(|e| e.carbons);
             let mut delivered = Vec::with_capacity(targets.len());
-            for i in targets {
-                let entry = &sessions[i];
-                if entry.deliver(msg.clone()) {
-                    delivered.push(entry.resource.clone());
+            let msg = match targets.split_last() {
+                Some((&last, others)) => {
+                    for &i in others {
+                        if sessions[i].deliver(msg.clone()) {
+                            delivered.push(sessions[i].resource.clone());
+                        }
+                    }
+                    let entry = &sessions[last];
+                    if copy_after {
+                        if entry.deliver(msg.clone()) {
+                            delivered.push(entry.resource.clone());
+                        }
+                        msg
+                    } else {
+                        match entry.offer(msg) {
+                            Ok(()) => return Routed::reached_session(),
+                            Err(back) => back,
+                        }
+                    }
                 }
-            }
+                None => msg,
+            };
             if delivered.is_empty() {
                 return Routed::reply(keep_offline(node, user, t, msg).await);
             }
@@ -174,10 +194,122 @@ pub async fn route_iq(node: &Node, s: &mut Session, iq: Element) {
     let blocked = node.blocks(user.as_str(), &sender).await;
     match node.router.session(user.as_str(), resource.as_str()) {
         Some(entry) if !blocked => {
-            if !entry.deliver(iq.clone()) {
+            if let Err(iq) = entry.offer(iq) {
                 reply_error(s, &iq, StanzaErrorCondition::ServiceUnavailable);
             }
         }
         _ => reply_error(s, &iq, StanzaErrorCondition::ServiceUnavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::router::{BindRequest, Outbound};
+    use crate::tls;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+    use tributary_proto::ns;
+    use tributary_store::{Credentials, SqliteStore, Store};
+
+    async fn node_with_bob(dir: &std::path::Path) -> Node {
+        let store = SqliteStore::open(&dir.join("db.sqlite"))
+            .await
+            .expect("store");
+        let creds = Credentials::derive("b", b"salt-salt".to_vec(), 1).expect("credentials");
+        store.create_account("bob", &creds).await.expect("account");
+        let (cert, key) = tls::ensure_self_signed(dir, "localhost").expect("certificate");
+        let config = Config {
+            domain: "localhost".into(),
+            ..Config::default()
+        };
+        Node::new(
+            config,
+            Arc::new(store),
+            tls::server_config(&cert, &key).expect("tls"),
+        )
+    }
+
+    /// Binds bob/`resource` with a queue of `room` stanzas.
+    fn bind(node: &Node, resource: &str, room: usize) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(room);
+        let bob: jid::BareJid = "bob@localhost".parse().expect("jid");
+        let req = BindRequest {
+            user: &bob,
+            requested: Some(resource),
+            tx,
+            kill: CancellationToken::new(),
+            max_resources: 5,
+        };
+        node.router
+            .bind(req, node.router.new_conn_id())
+            .expect("bound");
+        rx
+    }
+
+    fn chat(id: &str) -> Element {
+        format!(
+            "<message xmlns='jabber:client' from='alice@localhost/x' to='bob@localhost/phone' \
+             type='chat' id='{id}'><body>hi</body></message>"
+        )
+        .parse()
+        .expect("message")
+    }
+
+    async fn to_phone(node: &Node, msg: Element) -> Routed {
+        let to: Jid = "bob@localhost/phone".parse().expect("jid");
+        deliver(node, "bob", &to, MessageType::Chat, msg).await
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Outbound>) -> Option<Element> {
+        match rx.try_recv() {
+            Ok(Outbound::Stanza(el)) => Some(*el),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_one_session_gets_the_message_and_a_full_one_sends_it_offline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with_bob(dir.path()).await;
+        let mut phone = bind(&node, "phone", 1);
+        let routed = to_phone(&node, chat("m1")).await;
+        assert!(routed.reached_session && routed.reply.is_none());
+        // The queue holds one: the next message is kept for later whole.
+        let routed = to_phone(&node, chat("m2")).await;
+        assert!(!routed.reached_session && routed.reply.is_none());
+        assert_eq!(received(&mut phone), Some(chat("m1")));
+        assert_eq!(received(&mut phone), None);
+        let stored = node.store.take_offline("bob").await.expect("offline");
+        assert_eq!(stored.len(), 1);
+        let stored: Element = stored[0].parse().expect("stored xml");
+        assert_eq!(stored.attr("id"), Some("m2"));
+        assert_eq!(
+            stored.get_child("body", ns::CLIENT).map(|b| b.text()),
+            Some("hi".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_carbons_session_is_copied_after_the_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node_with_bob(dir.path()).await;
+        let mut phone = bind(&node, "phone", 4);
+        let mut laptop = bind(&node, "laptop", 4);
+        node.router
+            .update("bob", "laptop", |e| e.carbons = true)
+            .expect("laptop bound");
+        let routed = to_phone(&node, chat("m1")).await;
+        assert!(routed.reached_session);
+        assert_eq!(received(&mut phone), Some(chat("m1")));
+        let copy = received(&mut laptop).expect("a carbon copy");
+        let original = copy
+            .get_child("received", ns::CARBONS)
+            .and_then(|r| r.get_child("forwarded", ns::FORWARD))
+            .and_then(|f| f.get_child("message", ns::CLIENT))
+            .expect("the forwarded original");
+        assert_eq!(original, &chat("m1"));
     }
 }
