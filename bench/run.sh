@@ -86,9 +86,9 @@ DURATION=${DURATION:-20}                 # seconds measured per step
 WARMUP=${WARMUP:-5}                      # seconds before measuring
 # login storm: logins per second (connect, STARTTLS, SCRAM, bind, close).
 LOGIN_CLIENTS=${LOGIN_CLIENTS:-1000}
-# At 4,500/s (2026-11-28) the server and the generator (which computes
-# SCRAM for every client) each used ~19 CPU s of 20: 5,000 is past what this
-# 2-core machine can offer, whatever the server.
+# At 5,000/s (full run of 2026-11-28) Tributary and the generator (which
+# computes SCRAM for every client) each used 19.5 CPU s of 20 and the step
+# passed: this 2-core machine cannot offer much more, whatever the server.
 LOGIN_RATES=${LOGIN_RATES:-"100 250 300 375 500 750 1000 1250 1500 2000 2500 3000 3500 4000 4500 5000"}
 # idle: IDLE_CLIENTS sessions held for IDLE_DURATION s; RSS per session.
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
