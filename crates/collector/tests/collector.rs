@@ -361,11 +361,15 @@ async fn accepted_reports_wait_in_the_server_queue_without_a_processor() {
 #[tokio::test]
 async fn the_outbox_survives_an_unreachable_server_and_is_flushed_later() {
     let node = Node::start(false).await;
-    // A port nobody listens on.
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // A port nobody listens on, held for the test: bound without listening
+    // (connections to it are refused) and without SO_REUSEADDR, so a server
+    // another test starts meanwhile cannot take it, as it could a port
+    // merely seen free once.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let closed = reserved.local_addr().expect("addr");
     let outbox = node.outbox("outbox.sqlite");
     let mut offline = collector_config(&closed.to_string(), &node.cert(), &outbox);
     offline.retry_for = Duration::from_secs(1);
