@@ -101,32 +101,27 @@ pub async fn deliver(node: &Node, user: &str, to: &Jid, t: MessageType, msg: Ele
         None => routing::to_bare(t, &views),
     };
     match disposition {
-        Disposition::Deliver(targets) => {
+        Disposition::Deliver(mut targets) => {
             // The last session is given the message itself unless a carbon
             // copy may still be made of it: one clone fewer per message,
             // usually the only one.
-            let copy_after = sessions.iter().any(|e| e.carbons);
+            let given = if sessions.iter().any(|e| e.carbons) {
+                None
+            } else {
+                targets.pop()
+            };
             let mut delivered = Vec::with_capacity(targets.len());
-            let msg = match targets.split_last() {
-                Some((&last, others)) => {
-                    for &i in others {
-                        if sessions[i].deliver(msg.clone()) {
-                            delivered.push(sessions[i].resource.clone());
-                        }
-                    }
-                    let entry = &sessions[last];
-                    if copy_after {
-                        if entry.deliver(msg.clone()) {
-                            delivered.push(entry.resource.clone());
-                        }
-                        msg
-                    } else {
-                        match entry.offer(msg) {
-                            Ok(()) => return Routed::reached_session(),
-                            Err(back) => back,
-                        }
-                    }
+            for i in targets {
+                let entry = &sessions[i];
+                if entry.deliver(msg.clone()) {
+                    delivered.push(entry.resource.clone());
                 }
+            }
+            let msg = match given {
+                Some(i) => match sessions[i].offer(msg) {
+                    Ok(()) => return Routed::reached_session(),
+                    Err(back) => back,
+                },
                 None => msg,
             };
             if delivered.is_empty() {
