@@ -322,14 +322,17 @@ async fn session<P: Processor>(
                     if enabled {
                         counted += 1;
                     }
-                    batch.push(stanza::translate(e, ns::COMPONENT_ACCEPT, ns::CLIENT))
+                    batch.push(e)
                 }
                 Frame::StreamClose => bail!("the node closed the stream"),
                 _ => {}
             }
         }
         if !batch.is_empty() {
-            let items: Vec<Item> = batch.iter().map(report::parse).collect();
+            let items: Vec<Item> = batch
+                .iter()
+                .map(|e| report::parse(e, ns::COMPONENT_ACCEPT))
+                .collect();
             // Nothing is acknowledged unless the processor committed it.
             let outcomes = processor
                 .process(&items)
@@ -341,13 +344,7 @@ async fn session<P: Processor>(
                     Outcome::Done => stats.processed.fetch_add(1, Ordering::Relaxed),
                     Outcome::Failed(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
                 };
-                if let Some(reply) = confirmation(&config.domain, el, item, outcome) {
-                    out.push_str(&stanza::to_string(&stanza::translate(
-                        reply,
-                        ns::CLIENT,
-                        ns::COMPONENT_ACCEPT,
-                    )));
-                }
+                confirm(&mut out, &config.domain, el, item, outcome);
             }
             handled = handled.wrapping_add(counted);
             // Unsolicited acks keep the node's in-flight window moving.
@@ -364,35 +361,38 @@ async fn session<P: Processor>(
     }
 }
 
-/// The receipt, iq result or error that tells the reporter what happened.
-fn confirmation(domain: &str, el: &Element, item: &Item, outcome: &Outcome) -> Option<Element> {
-    match (item, outcome) {
+/// Writes to `out` the receipt, iq result or error that tells the reporter
+/// what became of `el` (a stanza of the link, in `jabber:component:accept`),
+/// if anything should.
+fn confirm(out: &mut String, domain: &str, el: &Element, item: &Item, outcome: &Outcome) {
+    let reply = match (item, outcome) {
         (Item::Report(r), Outcome::Done) if r.wants_receipt => {
-            let mut msg = stanza::element(
-                "message",
-                ns::CLIENT,
-                &[("from", domain), ("to", &r.sender_full)],
-            );
-            msg.append_child(stanza::element("received", NS_RECEIPTS, &[("id", &r.id)]));
-            Some(msg)
+            // Written straight as text: there is one per report, and a
+            // tree built only to be serialised is most of its cost.
+            out.push_str(&format!(
+                "<message from='{}' to='{}'><received xmlns='{NS_RECEIPTS}' id='{}'/></message>",
+                escape(domain),
+                escape(&r.sender_full),
+                escape(&r.id)
+            ));
+            return;
         }
-        (Item::Report(r), Outcome::Done) if r.iq_id.is_some() => Some(stanza::iq_result(el, None)),
-        (Item::Report(r), Outcome::Failed(why)) if r.iq_id.is_some() => Some(stanza::error_reply(
-            el,
-            StanzaErrorCondition::NotAcceptable,
-            Some(why),
-        )),
+        (Item::Report(r), Outcome::Done) if r.iq_id.is_some() => stanza::iq_result(el, None),
+        (Item::Report(r), Outcome::Failed(why)) if r.iq_id.is_some() => {
+            stanza::error_reply(el, StanzaErrorCondition::NotAcceptable, Some(why))
+        }
         (Item::Other, _)
             if el.name() == "iq" && matches!(stanza::stanza_type(el), Some("get" | "set")) =>
         {
-            Some(stanza::error_reply(
-                el,
-                StanzaErrorCondition::ServiceUnavailable,
-                None,
-            ))
+            stanza::error_reply(el, StanzaErrorCondition::ServiceUnavailable, None)
         }
-        _ => None,
-    }
+        _ => return,
+    };
+    out.push_str(&stanza::to_string(&stanza::translate(
+        reply,
+        ns::CLIENT,
+        ns::COMPONENT_ACCEPT,
+    )));
 }
 
 #[cfg(test)]

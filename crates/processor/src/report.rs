@@ -54,8 +54,11 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Parses a stanza (in `jabber:client`) into an item.
-pub fn parse(el: &Element) -> Item {
+/// Parses a stanza into an item. `stanza_ns` is the stream's namespace
+/// (`jabber:component:accept` on a component link, `jabber:client` for a
+/// stanza taken from a client stream): the stanza is read as it came,
+/// without a translated copy of its tree.
+pub fn parse(el: &Element, stanza_ns: &str) -> Item {
     let from = stanza::from(el).unwrap_or_default();
     let Ok(from_jid) = jid::Jid::new(from) else {
         return Item::Other;
@@ -73,8 +76,8 @@ pub fn parse(el: &Element) -> Item {
                     .map(|r| r.to_string())
                     .unwrap_or_default(),
                 available,
-                show: el.get_child("show", ns::CLIENT).map(|s| s.text()),
-                status: el.get_child("status", ns::CLIENT).map(|s| s.text()),
+                show: el.get_child("show", stanza_ns).map(|s| s.text()),
+                status: el.get_child("status", stanza_ns).map(|s| s.text()),
             })
         }
         "message" | "iq" => {
@@ -88,12 +91,14 @@ pub fn parse(el: &Element) -> Item {
             let Some(id) = r.attr("id").or(stanza::id(el)).filter(|i| !i.is_empty()) else {
                 return Item::Other;
             };
+            // An XML payload is stored as a client wrote it: in
+            // `jabber:client` where it used the stream's namespace.
             let payload = match r.get_child("json", NS_JSON) {
                 Some(j) => j.text(),
                 None => r
                     .children()
                     .next()
-                    .map(stanza::to_string)
+                    .map(|p| stanza::to_string(&stanza::translated(p, stanza_ns, ns::CLIENT)))
                     .unwrap_or_default(),
             };
             Item::Report(Report {
@@ -121,12 +126,12 @@ mod tests {
 
     #[test]
     fn message_report_with_json_and_receipt_request() {
-        let el: Element = "<message xmlns='jabber:client' from='alice@localhost/phone' to='collect.localhost' id='R-1'>\
+        let el: Element = "<message xmlns='jabber:component:accept' from='alice@localhost/phone' to='collect.localhost' id='R-1'>\
             <report xmlns='urn:tributary:report:0' id='R-1' kind='meter.reading' at='2026-11-25T10:00:00Z'>\
             <json xmlns='urn:xmpp:json:0'>{\"kwh\":1.5}</json></report><request xmlns='urn:xmpp:receipts'/></message>"
             .parse()
             .expect("xml");
-        let Item::Report(r) = parse(&el) else {
+        let Item::Report(r) = parse(&el, ns::COMPONENT_ACCEPT) else {
             panic!("a report")
         };
         assert_eq!(r.sender, "alice@localhost");
@@ -145,12 +150,24 @@ mod tests {
             <report xmlns='urn:tributary:report:0' id='R-9' kind='form'><f xmlns='urn:example'>ok</f></report></iq>"
             .parse()
             .expect("xml");
-        let Item::Report(r) = parse(&el) else {
+        let Item::Report(r) = parse(&el, ns::CLIENT) else {
             panic!("a report")
         };
         assert_eq!(r.iq_id.as_deref(), Some("q1"));
-        assert!(r.payload.contains("urn:example"));
+        assert_eq!(r.payload, "<f xmlns='urn:example'>ok</f>");
         assert!(!r.wants_receipt);
+    }
+
+    #[test]
+    fn an_xml_payload_in_the_stream_namespace_is_stored_in_jabber_client() {
+        let el: Element = "<iq xmlns='jabber:component:accept' type='set' from='bob@localhost/x' to='collect.localhost' id='q2'>\
+            <report xmlns='urn:tributary:report:0' id='R-10'><body xmlns='jabber:component:accept'>hi</body></report></iq>"
+            .parse()
+            .expect("xml");
+        let Item::Report(r) = parse(&el, ns::COMPONENT_ACCEPT) else {
+            panic!("a report")
+        };
+        assert_eq!(r.payload, "<body xmlns='jabber:client'>hi</body>");
     }
 
     #[test]
@@ -159,10 +176,21 @@ mod tests {
             "<presence xmlns='jabber:client' from='alice@localhost/phone' type='unavailable'/>"
                 .parse()
                 .expect("xml");
-        let Item::Presence(p) = parse(&el) else {
+        let Item::Presence(p) = parse(&el, ns::CLIENT) else {
             panic!("presence")
         };
         assert!(!p.available);
         assert_eq!(p.resource, "phone");
+        // On a component link the children are in the link's namespace.
+        let el: Element = "<presence xmlns='jabber:component:accept' from='alice@localhost/phone'>\
+            <show>away</show><status>on a walk</status></presence>"
+            .parse()
+            .expect("xml");
+        let Item::Presence(p) = parse(&el, ns::COMPONENT_ACCEPT) else {
+            panic!("presence")
+        };
+        assert!(p.available);
+        assert_eq!(p.show.as_deref(), Some("away"));
+        assert_eq!(p.status.as_deref(), Some("on a walk"));
     }
 }
