@@ -378,7 +378,9 @@ fn confirm(out: &mut String, domain: &str, el: &Element, item: &Item, outcome: &
             return;
         }
         (Item::Report(r), Outcome::Done) if r.iq_id.is_some() => stanza::iq_result(el, None),
-        (Item::Report(r), Outcome::Failed(why)) if r.iq_id.is_some() => {
+        // A refused report is answered with an error in either form, so
+        // that a sender waiting for a receipt hears why instead.
+        (Item::Report(_), Outcome::Failed(why)) => {
             stanza::error_reply(el, StanzaErrorCondition::NotAcceptable, Some(why))
         }
         (Item::Other, _)
@@ -397,10 +399,13 @@ fn confirm(out: &mut String, domain: &str, el: &Element, item: &Item, outcome: &
 
 #[cfg(test)]
 mod tests {
-    use super::{redirect_address, stream_error, Stream, BATCH_FRAMES};
+    use super::{confirm, redirect_address, stream_error, Stream, BATCH_FRAMES};
+    use crate::report::{self, Outcome};
+    use minidom::Element;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
+    use tributary_proto::ns;
     use tributary_proto::pacing::BUSY_WITHIN;
     use tributary_proto::xml::Frame;
 
@@ -487,6 +492,70 @@ mod tests {
         all.extend(second);
         let want: Vec<String> = (0..1_200).map(|n| format!("R-{n}")).collect();
         assert_eq!(ids(&all), want, "every stanza once, in order");
+    }
+
+    /// What `confirm` writes for a report from alice as the node sends it:
+    /// a message, with a receipt request or not, or an iq set.
+    fn confirmation(form: &str, outcome: Outcome) -> String {
+        let report = "<report xmlns='urn:tributary:report:0' id='R-1'>\
+                      <json xmlns='urn:xmpp:json:0'>{}</json></report>";
+        let stanza = match form {
+            "iq" => format!("<iq type='set' id='R-1' {{}}>{report}</iq>"),
+            "receipt" => format!(
+                "<message id='R-1' {{}}>{report}<request xmlns='urn:xmpp:receipts'/></message>"
+            ),
+            _ => format!("<message id='R-1' {{}}>{report}</message>"),
+        }
+        .replace(
+            "{}",
+            "xmlns='jabber:component:accept' from='alice@localhost/phone' to='collect.localhost'",
+        );
+        let el: Element = stanza.parse().expect("xml");
+        let item = report::parse(&el, ns::COMPONENT_ACCEPT);
+        let mut out = String::new();
+        confirm(&mut out, "collect.localhost", &el, &item, &outcome);
+        out
+    }
+
+    /// `text` as one element of a component stream.
+    fn on_the_link(text: &str) -> Element {
+        format!("<stream xmlns='jabber:component:accept'>{text}</stream>")
+            .parse::<Element>()
+            .expect("xml")
+            .children()
+            .next()
+            .cloned()
+            .expect("one element")
+    }
+
+    #[test]
+    fn reports_are_confirmed_as_they_asked_and_refusals_always() {
+        let receipt = on_the_link(&confirmation("receipt", Outcome::Done));
+        assert!(receipt.is("message", ns::COMPONENT_ACCEPT));
+        assert_eq!(receipt.attr("to"), Some("alice@localhost/phone"));
+        assert_eq!(receipt.attr("from"), Some("collect.localhost"));
+        assert_eq!(
+            receipt
+                .get_child("received", "urn:xmpp:receipts")
+                .and_then(|r| r.attr("id")),
+            Some("R-1")
+        );
+        let result = on_the_link(&confirmation("iq", Outcome::Done));
+        assert_eq!(
+            (result.name(), result.attr("type"), result.attr("id")),
+            ("iq", Some("result"), Some("R-1"))
+        );
+        assert_eq!(confirmation("message", Outcome::Done), "", "none asked for");
+        for form in ["receipt", "message", "iq"] {
+            let refused = on_the_link(&confirmation(form, Outcome::Failed("no meter".into())));
+            assert_eq!(refused.attr("type"), Some("error"), "{form}");
+            assert_eq!(refused.attr("id"), Some("R-1"), "{form}");
+            assert_eq!(refused.attr("to"), Some("alice@localhost/phone"), "{form}");
+            let error = refused
+                .get_child("error", ns::COMPONENT_ACCEPT)
+                .expect("error");
+            assert!(error.has_child("not-acceptable", ns::STANZAS_ERR), "{form}");
+        }
     }
 
     #[test]

@@ -3,16 +3,17 @@
 //! knows exactly which stanzas a processor has taken:
 //! - with XEP-0198 enabled, `<a h/>` acknowledges (through the shared
 //!   `Outgoing` layer) every stanza up to `h`;
-//! - without it, the processor's XEP-0184 receipt or iq result for a
-//!   stanza is that stanza's acknowledgement. A queued stanza that cannot be
+//! - without it, the processor's XEP-0184 receipt (or message error) or
+//!   iq result for a stanza is that stanza's acknowledgement. A queued stanza that cannot be
 //!   answered that way (no receipt requested, presence, iq results) counts
 //!   as acknowledged once written: at most once for plain components.
 //!
 //! Whatever a connection holds unacknowledged when it ends is handed to
 //! another connection of the domain, or kept until one connects.
 //!
-//! A processor's answer to a queued stanza (receipt, iq result or error)
-//! is routed to the sender only once that stanza is deleted from the queue:
+//! A processor's answer to a queued stanza (receipt, message error, iq
+//! result or error) is routed to the sender only once that stanza is
+//! deleted from the queue:
 //! a stanza that comes back after a crash (of the processor or the node)
 //! was never answered, so its sender gets its answer exactly once. An
 //! answer whose stanza comes back is dropped; the redelivery answers again.
@@ -301,9 +302,9 @@ impl ComponentConn {
     }
 
     /// Holds `el` if it answers a queued stanza in flight (XEP-0184
-    /// receipt, iq result or error) until that stanza is deleted; without
-    /// SM the answer is the stanza's ack as well. Any other stanza comes
-    /// back.
+    /// receipt, message error, iq result or error) until that stanza is
+    /// deleted; without SM the answer is the stanza's ack as well. Any
+    /// other stanza comes back.
     fn hold_answer(&mut self, el: Element) -> Option<Element> {
         if self.answerable.is_empty() {
             return Some(el);

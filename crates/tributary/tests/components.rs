@@ -517,3 +517,72 @@ async fn the_client_read_rate_limit_does_not_slow_a_component() {
     .await;
     assert!(took < Duration::from_secs(4), "{took:?}");
 }
+
+fn refusal(n: u32) -> String {
+    format!(
+        "<message xmlns='jabber:component:accept' type='error' from='collect.localhost' \
+         to='alice@localhost/raw' id='R-{n}'><error type='modify'>\
+         <not-acceptable xmlns='{STANZAS}'/></error></message>"
+    )
+}
+
+/// (type, id, receipt id) of each stanza.
+fn answers(got: &[Element]) -> Vec<(Option<&str>, Option<&str>, Option<&str>)> {
+    got.iter()
+        .map(|e| {
+            let received = e
+                .get_child("received", "urn:xmpp:receipts")
+                .and_then(|r| r.attr("id"));
+            (e.attr("type"), e.attr("id"), received)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_report_is_answered_with_its_error_like_a_receipt() {
+    let server = server().await;
+    let mut alice = Raw::login(&server, "alice", "a").await;
+    for n in 1..=2 {
+        alice.send(&report_with_receipt(n)).await;
+    }
+    depth_becomes(&server, 2).await;
+    let mut collect = processor(&server).await;
+    collect.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    assert!(collect.element().await.expect("enabled").is("enabled", SM));
+    for n in 1..=2 {
+        let id = next_stanza(&mut collect)
+            .await
+            .attr("id")
+            .map(str::to_owned);
+        assert_eq!(id, Some(format!("R-{n}")));
+    }
+    // With SM, the refusal waits for the ack that deletes its report, as
+    // a receipt does.
+    collect.send(&receipt(1)).await;
+    collect.send(&refusal(2)).await;
+    assert!(stanzas_for(&mut alice, Duration::from_millis(300))
+        .await
+        .is_empty());
+    collect.send("<a xmlns='urn:xmpp:sm:3' h='2'/>").await;
+    let got = stanzas_for(&mut alice, Duration::from_millis(500)).await;
+    assert_eq!(
+        answers(&got),
+        [
+            (None, None, Some("R-1")),
+            (Some("error"), Some("R-2"), None)
+        ]
+    );
+    depth_becomes(&server, 0).await;
+    drop(collect);
+    wait_connected(&server, false).await;
+
+    // Without SM the refusal is the report's acknowledgement.
+    alice.send(&report_with_receipt(3)).await;
+    depth_becomes(&server, 1).await;
+    let mut plain = processor(&server).await;
+    assert_eq!(next_stanza(&mut plain).await.attr("id"), Some("R-3"));
+    plain.send(&refusal(3)).await;
+    depth_becomes(&server, 0).await;
+    let got = stanzas_for(&mut alice, Duration::from_millis(500)).await;
+    assert_eq!(answers(&got), [(Some("error"), Some("R-3"), None)]);
+}

@@ -125,9 +125,11 @@ fn dedup_key(el: &Element) -> Option<String> {
 }
 
 /// The id of the stanza that `el` answers, if `el` is an answer a
-/// processor sends: an XEP-0184 receipt, or an iq result or error.
+/// processor sends: an XEP-0184 receipt, a message error (a report it
+/// refused), or an iq result or error.
 pub fn answered_id(el: &Element) -> Option<&str> {
     match el.name() {
+        "message" if stanza::stanza_type(el) == Some("error") => stanza::id(el),
         "message" => el
             .get_child("received", ns::RECEIPTS)
             .and_then(|r| r.attr("id")),
