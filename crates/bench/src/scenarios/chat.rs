@@ -3,8 +3,7 @@
 //! the receiver, from the scheduled send time carried in the body.
 
 use super::{
-    go_online, join_all, parse_id, stanza_id, until_start, wait_signals, Errors, Seen, CLOSE_WAIT,
-    LOGIN_CONCURRENCY, MAX_BATCH, START_DELAY,
+    go_online, parse_id, stanza_id, until_start, Errors, Fleet, Lines, Seen, CLOSE_WAIT, MAX_BATCH,
 };
 use crate::client::{self, escape, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Window};
@@ -14,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tributary_proto::ns;
 
@@ -54,46 +53,17 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         errors: Errors::default(),
         ctx: ctx.clone(),
     });
-    let (start_tx, start_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
-    let tasks: Vec<_> = (0..clients)
-        .map(|k| {
-            tokio::spawn(client(
-                shared.clone(),
-                k,
-                logins.clone(),
-                ready_tx.clone(),
-                done_tx.clone(),
-                start_rx.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    drop((ready_tx, done_tx));
-
     // Everyone online first.
-    for _ in 0..clients {
-        let failure = match ready_rx.recv().await {
-            Some(Ok(())) => continue,
-            Some(Err(e)) => e,
-            None => BenchError::Task("a client ended before logging in".into()),
-        };
-        let _ = stop_tx.send(true);
-        drop(start_tx);
-        join_all(tasks).await?;
-        return Err(failure);
-    }
-    let start = Instant::now() + START_DELAY;
-    let _ = start_tx.send(Some(start));
+    let mut fleet = Fleet::spawn(clients, |lines| client(shared.clone(), lines))
+        .ready()
+        .await?;
+    let start = fleet.start();
 
     tokio::time::sleep_until(start + schedule.warmup()).await;
     let window = Window::open(ctx.args.server_pid);
     // Senders finish on their own; then wait for the messages in flight.
     let deadline = start + schedule.end() + GRACE;
-    wait_signals(&mut done_rx, clients, deadline).await;
+    fleet.done_by(deadline).await;
     let c = &shared.counters;
     while Instant::now() < deadline
         && c.received.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
@@ -102,8 +72,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let resources = window.close();
-    let _ = stop_tx.send(true);
-    join_all(tasks).await?;
+    fleet.stop().await?;
     shared.errors.log();
 
     let mut report = ctx.report();
@@ -120,44 +89,25 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     Ok(report)
 }
 
-async fn client(
-    shared: Arc<Shared>,
-    k: u64,
-    logins: Arc<Semaphore>,
-    ready: mpsc::UnboundedSender<Result<(), BenchError>>,
-    done: mpsc::UnboundedSender<()>,
-    mut start_rx: watch::Receiver<Option<Instant>>,
-    mut stop_rx: watch::Receiver<bool>,
-) {
+async fn client(shared: Arc<Shared>, mut lines: Lines) {
+    let k = lines.k;
     let ctx = &shared.ctx;
     let session = {
-        let _permit = logins.acquire().await;
+        let _permit = lines.logins.acquire().await;
         client::login(&ctx.client, &ctx.user(k)).await
     };
     let mut d = match session {
         Ok(s) => s.into_duplex(),
-        Err(source) => {
-            let _ = ready.send(Err(BenchError::Login {
-                user: ctx.bare(k),
-                source,
-            }));
-            let _ = done.send(());
-            return;
-        }
+        Err(source) => return lines.login_failed(ctx.bare(k), source),
     };
     if let Err(source) = go_online(&mut d, &ctx.client.domain, Duration::from_secs(20)).await {
-        let _ = ready.send(Err(BenchError::Login {
-            user: ctx.bare(k),
-            source,
-        }));
-        let _ = done.send(());
-        return;
+        return lines.login_failed(ctx.bare(k), source);
     }
-    let _ = ready.send(Ok(()));
-    let start = match until_start(&mut d, &mut start_rx).await {
+    let _ = lines.ready.send(Ok(()));
+    let start = match until_start(&mut d, &mut lines.start).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            let _ = done.send(());
+            let _ = lines.done.send(());
             d.close(CLOSE_WAIT).await;
             return;
         }
@@ -167,11 +117,11 @@ async fn client(
                 .counters
                 .connection_errors
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = done.send(());
+            let _ = lines.done.send(());
             return;
         }
     };
-    let result = session_loop(&shared, k, &mut d, start, &done, &mut stop_rx).await;
+    let result = session_loop(&shared, k, &mut d, start, &lines.done, &mut lines.stop).await;
     match result {
         Ok(()) => d.close(CLOSE_WAIT).await,
         Err(e) => {

@@ -10,10 +10,11 @@ pub mod report;
 
 use crate::client::{ClientError, Duplex, Incoming, Wake};
 use crate::BenchError;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -135,6 +136,111 @@ pub(crate) async fn go_online(
     }
 }
 
+/// What a client task of a run is given: its number, and its lines to the
+/// run's coordinator ([`Fleet`]).
+pub(crate) struct Lines {
+    pub k: u64,
+    /// Bounds the logins in flight ([`LOGIN_CONCURRENCY`]).
+    pub logins: Arc<Semaphore>,
+    /// Logged in and ready (once), or why not.
+    pub ready: mpsc::UnboundedSender<Result<(), BenchError>>,
+    /// Done sending (once).
+    pub done: mpsc::UnboundedSender<()>,
+    /// The common start; closed when the run is abandoned.
+    pub start: watch::Receiver<Option<Instant>>,
+    /// Set when the run ends: stop reading and close.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Lines {
+    /// This client could not log in: that abandons the run.
+    pub fn login_failed(&self, user: String, source: ClientError) {
+        let _ = self.ready.send(Err(BenchError::Login { user, source }));
+        let _ = self.done.send(());
+    }
+}
+
+/// The coordinator's side of a run's clients: spawns them, waits for
+/// their logins, announces the common start, and stops them.
+pub(crate) struct Fleet {
+    clients: u64,
+    tasks: Vec<JoinHandle<()>>,
+    ready: mpsc::UnboundedReceiver<Result<(), BenchError>>,
+    done: mpsc::UnboundedReceiver<()>,
+    start: watch::Sender<Option<Instant>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Fleet {
+    /// Spawns `client` for each of `clients`.
+    pub fn spawn<F, Fut>(clients: u64, client: F) -> Fleet
+    where
+        F: Fn(Lines) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (start, start_rx) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready) = mpsc::unbounded_channel();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
+        let tasks = (0..clients)
+            .map(|k| {
+                tokio::spawn(client(Lines {
+                    k,
+                    logins: logins.clone(),
+                    ready: ready_tx.clone(),
+                    done: done_tx.clone(),
+                    start: start_rx.clone(),
+                    stop: stop_rx.clone(),
+                }))
+            })
+            .collect();
+        Fleet {
+            clients,
+            tasks,
+            ready,
+            done,
+            start,
+            stop,
+        }
+    }
+
+    /// Waits until every client has logged in. The first failure (or a
+    /// client gone without a word) abandons the run: every client is
+    /// stopped and waited for, and the failure returned.
+    pub async fn ready(mut self) -> Result<Fleet, BenchError> {
+        let Err(failure) = all_ready(&mut self.ready, self.clients).await else {
+            return Ok(self);
+        };
+        let Fleet {
+            tasks, start, stop, ..
+        } = self;
+        let _ = stop.send(true);
+        // Closing the start makes every client waiting for it close.
+        drop(start);
+        join_all(tasks).await?;
+        Err(failure)
+    }
+
+    /// Announces the common start, [`START_DELAY`] from now.
+    pub fn start(&self) -> Instant {
+        let start = Instant::now() + START_DELAY;
+        let _ = self.start.send(Some(start));
+        start
+    }
+
+    /// Sleeps until every client is done sending, or `deadline`.
+    pub async fn done_by(&mut self, deadline: Instant) {
+        wait_signals(&mut self.done, self.clients, deadline).await;
+    }
+
+    /// Tells every client to stop, and waits for them.
+    pub async fn stop(self) -> Result<(), BenchError> {
+        let _ = self.stop.send(true);
+        join_all(self.tasks).await.map(|_| ())
+    }
+}
+
 /// Waits for every task; a panicked task is an error.
 pub(crate) async fn join_all<T>(tasks: Vec<JoinHandle<T>>) -> Result<Vec<T>, BenchError> {
     let mut out = Vec::with_capacity(tasks.len());
@@ -168,7 +274,7 @@ pub(crate) async fn wait_signals(
 
 /// Waits for the login report of each of `clients`; the first failure
 /// (or a client gone without one) is the run's error.
-pub(crate) async fn all_ready(
+async fn all_ready(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<(), BenchError>>,
     clients: u64,
 ) -> Result<(), BenchError> {

@@ -14,10 +14,7 @@
 //! meanwhile goes out late with its own scheduled time, so the wait is in
 //! the latencies, and what is still unsent at the end counts as lost.
 
-use super::{
-    all_ready, join_all, parse_id, stanza_id, wait_signals, wait_until, Errors, Seen, CLOSE_WAIT,
-    LOGIN_CONCURRENCY, START_DELAY,
-};
+use super::{parse_id, stanza_id, wait_until, Errors, Fleet, Lines, Seen, CLOSE_WAIT};
 use crate::client::ClientError;
 use crate::stats::{Latencies, Outcome, Recorder, Window};
 use crate::{BenchError, Ctx, RunReport, GRACE};
@@ -30,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The in-flight window covers this much of a client's offered load, so
@@ -112,40 +109,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         errors: Errors::default(),
         ctx: ctx.clone(),
     });
-    let (start_tx, start_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
-    let tasks: Vec<_> = (0..clients)
-        .map(|k| {
-            tokio::spawn(client(
-                shared.clone(),
-                k,
-                logins.clone(),
-                ready_tx.clone(),
-                done_tx.clone(),
-                start_rx.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    drop((ready_tx, done_tx));
-
-    if let Err(failure) = all_ready(&mut ready_rx, clients).await {
-        let _ = stop_tx.send(true);
-        drop(start_tx);
-        join_all(tasks).await?;
-        return Err(failure);
-    }
-    let start = Instant::now() + START_DELAY;
-    let _ = start_tx.send(Some(start));
+    let mut fleet = Fleet::spawn(clients, |lines| client(shared.clone(), lines))
+        .ready()
+        .await?;
+    let start = fleet.start();
 
     tokio::time::sleep_until(start + schedule.warmup()).await;
     let window = Window::open(ctx.args.server_pid);
     // Senders finish on their own; then wait for what is in flight.
     let deadline = start + schedule.end() + GRACE;
-    wait_signals(&mut done_rx, clients, deadline).await;
+    fleet.done_by(deadline).await;
     let c = &shared.counters;
     wait_until(deadline, || {
         let sent = c.sent.load(Ordering::Relaxed);
@@ -153,8 +126,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     })
     .await;
     let resources = window.close();
-    let _ = stop_tx.send(true);
-    join_all(tasks).await?;
+    fleet.stop().await?;
     shared.errors.log();
     let lag = Duration::from_micros(c.max_lag_us.load(Ordering::Relaxed));
     if lag > LAG_WARNING {
@@ -246,30 +218,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn client(
-    shared: Arc<Shared>,
-    k: u64,
-    logins: Arc<Semaphore>,
-    ready: mpsc::UnboundedSender<Result<(), BenchError>>,
-    done: mpsc::UnboundedSender<()>,
-    start_rx: watch::Receiver<Option<Instant>>,
-    stop_rx: watch::Receiver<bool>,
-) {
+async fn client(shared: Arc<Shared>, lines: Lines) {
+    let k = lines.k;
     let ctx = &shared.ctx;
     let (mqtt, mut eventloop) = new_client(&shared, k);
     let connected = {
-        let _permit = logins.acquire().await;
+        let _permit = lines.logins.acquire().await;
         connect(&mqtt, &mut eventloop, &shared.topics[k as usize]).await
     };
     if let Err(source) = connected {
-        let _ = ready.send(Err(BenchError::Login {
-            user: ctx.user(k),
-            source,
-        }));
-        let _ = done.send(());
-        return;
+        return lines.login_failed(ctx.user(k), source);
     }
-    let _ = ready.send(Ok(()));
+    let _ = lines.ready.send(Ok(()));
+    let Lines {
+        done,
+        start: start_rx,
+        stop: stop_rx,
+        ..
+    } = lines;
     // Publishes handed to rumqttc and not yet given a packet id: rumqttc
     // takes them in this order and announces each with
     // `Outgoing::Publish(pkid)`.

@@ -10,10 +10,7 @@
 //! (`--processor-cmd`) and times how long it takes until every report is
 //! confirmed; *processed* latencies then count from the processor's start.
 
-use super::{
-    join_all, parse_id, stanza_id, until_start, wait_signals, Errors, CLOSE_WAIT,
-    LOGIN_CONCURRENCY, MAX_BATCH, START_DELAY,
-};
+use super::{parse_id, stanza_id, until_start, Errors, Fleet, Lines, CLOSE_WAIT, MAX_BATCH};
 use crate::client::{self, escape, ClientError, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Recorder, Window};
 use crate::{BenchError, Ctx, RunReport, Scenario, GRACE};
@@ -22,7 +19,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tributary_proto::sm;
 
@@ -99,37 +95,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
         drain: drain.then(Drain::default),
         ctx: ctx.clone(),
     });
-    let (start_tx, start_rx) = watch::channel(None);
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let logins = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
-    let tasks: Vec<_> = (0..clients)
-        .map(|k| {
-            tokio::spawn(client(
-                shared.clone(),
-                k,
-                logins.clone(),
-                ready_tx.clone(),
-                done_tx.clone(),
-                start_rx.clone(),
-            ))
-        })
-        .collect();
-    drop((ready_tx, done_tx));
-
-    for _ in 0..clients {
-        let failure = match ready_rx.recv().await {
-            Some(Ok(())) => continue,
-            Some(Err(e)) => e,
-            None => BenchError::Task("a client ended before logging in".into()),
-        };
-        // Dropping the start makes every client close.
-        drop(start_tx);
-        join_all(tasks).await?;
-        return Err(failure);
-    }
-    let start = Instant::now() + START_DELAY;
-    let _ = start_tx.send(Some(start));
+    let mut fleet = Fleet::spawn(clients, |lines| client(shared.clone(), lines))
+        .ready()
+        .await?;
+    let start = fleet.start();
 
     let mut fill_s = None;
     let mut processor = None;
@@ -164,12 +133,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
             (window, t0 + Duration::from_secs_f64(ctx.args.drain_timeout))
         }
     };
-    wait_signals(&mut done_rx, clients, deadline + Duration::from_secs(1)).await;
+    fleet.done_by(deadline + Duration::from_secs(1)).await;
     let resources = window.close();
     if let Some(d) = &shared.drain {
         d.stop.store(true, Ordering::Relaxed);
     }
-    join_all(tasks).await?;
+    fleet.stop().await?;
     if let Some(mut child) = processor {
         // A processor loses nothing when killed (docs/protocol.md).
         let _ = child.kill().await;
@@ -203,17 +172,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     Ok(report)
 }
 
-async fn client(
-    shared: Arc<Shared>,
-    k: u64,
-    logins: Arc<Semaphore>,
-    ready: mpsc::UnboundedSender<Result<(), BenchError>>,
-    done: mpsc::UnboundedSender<()>,
-    mut start_rx: watch::Receiver<Option<Instant>>,
-) {
+/// One collector: it ends once all its reports are processed, at the
+/// deadline, or in a drain when `Drain::stop` is set, so the fleet's stop
+/// line goes unused.
+async fn client(shared: Arc<Shared>, mut lines: Lines) {
+    let k = lines.k;
     let ctx = &shared.ctx;
     let session = {
-        let _permit = logins.acquire().await;
+        let _permit = lines.logins.acquire().await;
         client::login(&ctx.client, &ctx.user(k)).await
     };
     let session = match session {
@@ -221,30 +187,20 @@ async fn client(
         Ok(s) => {
             s.close().await;
             let source = ClientError::Sm("not enabled".into());
-            let _ = ready.send(Err(BenchError::Login {
-                user: ctx.bare(k),
-                source,
-            }));
-            let _ = done.send(());
-            return;
+            return lines.login_failed(ctx.bare(k), source);
         }
         Err(source) => {
-            let _ = ready.send(Err(BenchError::Login {
-                user: ctx.bare(k),
-                source,
-            }));
-            let _ = done.send(());
-            return;
+            return lines.login_failed(ctx.bare(k), source);
         }
     };
     let mut d = session.into_duplex();
-    let _ = ready.send(Ok(()));
-    let outcome = match until_start(&mut d, &mut start_rx).await {
+    let _ = lines.ready.send(Ok(()));
+    let outcome = match until_start(&mut d, &mut lines.start).await {
         Ok(Some(start)) => Sender::new(&shared, k, start).run(&mut d).await,
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
-    let _ = done.send(());
+    let _ = lines.done.send(());
     match outcome {
         Ok(()) => d.close(CLOSE_WAIT).await,
         Err(e) => {
