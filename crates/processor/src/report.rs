@@ -98,7 +98,7 @@ pub fn parse(el: &Element, stanza_ns: &str) -> Item {
                 None => r
                     .children()
                     .next()
-                    .map(|p| stanza::to_string(&stanza::translated(p, stanza_ns, ns::CLIENT)))
+                    .map(|p| stanza::to_string_translated(p, stanza_ns, ns::CLIENT))
                     .unwrap_or_default(),
             };
             Item::Report(Report {

@@ -164,6 +164,16 @@ pub fn translated(el: &Element, from_ns: &str, to_ns: &str) -> Element {
     out
 }
 
+/// [`to_string`] of [`translated`], without copying a tree that has
+/// nothing to translate.
+pub fn to_string_translated(el: &Element, from_ns: &str, to_ns: &str) -> String {
+    if needs_translation(el, from_ns) {
+        to_string(&translated(el, from_ns, to_ns))
+    } else {
+        to_string(el)
+    }
+}
+
 fn needs_translation(el: &Element, from_ns: &str) -> bool {
     el.has_ns(from_ns) || el.children().any(|c| c.has_ns(from_ns))
 }

@@ -4,9 +4,10 @@
 //! - with XEP-0198 enabled, `<a h/>` acknowledges (through the shared
 //!   `Outgoing` layer) every stanza up to `h`;
 //! - without it, the processor's XEP-0184 receipt (or message error) or
-//!   iq result for a stanza is that stanza's acknowledgement. A queued stanza that cannot be
-//!   answered that way (no receipt requested, presence, iq results) counts
-//!   as acknowledged once written: at most once for plain components.
+//!   iq result for a stanza is that stanza's acknowledgement. A queued
+//!   stanza that cannot be answered that way (no receipt requested,
+//!   presence, iq results) counts as acknowledged once written: at most
+//!   once for plain components.
 //!
 //! Whatever a connection holds unacknowledged when it ends is handed to
 //! another connection of the domain, or kept until one connects.
