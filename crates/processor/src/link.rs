@@ -499,17 +499,15 @@ mod tests {
     fn confirmation(form: &str, outcome: Outcome) -> String {
         let report = "<report xmlns='urn:tributary:report:0' id='R-1'>\
                       <json xmlns='urn:xmpp:json:0'>{}</json></report>";
+        let attrs =
+            "xmlns='jabber:component:accept' from='alice@localhost/phone' to='collect.localhost'";
         let stanza = match form {
-            "iq" => format!("<iq type='set' id='R-1' {{}}>{report}</iq>"),
+            "iq" => format!("<iq type='set' id='R-1' {attrs}>{report}</iq>"),
             "receipt" => format!(
-                "<message id='R-1' {{}}>{report}<request xmlns='urn:xmpp:receipts'/></message>"
+                "<message id='R-1' {attrs}>{report}<request xmlns='urn:xmpp:receipts'/></message>"
             ),
-            _ => format!("<message id='R-1' {{}}>{report}</message>"),
-        }
-        .replace(
-            "{}",
-            "xmlns='jabber:component:accept' from='alice@localhost/phone' to='collect.localhost'",
-        );
+            _ => format!("<message id='R-1' {attrs}>{report}</message>"),
+        };
         let el: Element = stanza.parse().expect("xml");
         let item = report::parse(&el, ns::COMPONENT_ACCEPT);
         let mut out = String::new();

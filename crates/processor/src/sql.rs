@@ -353,13 +353,17 @@ mod tests {
     use crate::Processor;
 
     fn report(id: &str) -> Item {
+        report_with(id, "{}")
+    }
+
+    fn report_with(id: &str, payload: &str) -> Item {
         Item::Report(Report {
             sender: "alice@localhost".into(),
             sender_full: "alice@localhost/phone".into(),
             id: id.into(),
             kind: "meter.reading".into(),
             at: None,
-            payload: "{}".into(),
+            payload: payload.into(),
             wants_receipt: true,
             iq_id: None,
         })
@@ -445,13 +449,7 @@ mod tests {
         let payload = "x".repeat(2_000);
         for b in 0..4 {
             let batch: Vec<Item> = (0..1_000)
-                .map(|n| match report(&format!("R-{b}-{n}")) {
-                    Item::Report(r) => Item::Report(Report {
-                        payload: payload.clone(),
-                        ..r
-                    }),
-                    other => other,
-                })
+                .map(|n| report_with(&format!("R-{b}-{n}"), &payload))
                 .collect();
             db.process(&batch).await.expect("committed");
         }
