@@ -25,17 +25,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
+use tributary_collector::nego::{stream_error, unexpected, Nego, NegoError, STEP};
+use tributary_proto::error::escape;
 use tributary_proto::xml::{Frame, Framer};
 use tributary_proto::{ns, sm};
 
-/// Bound on each negotiation step (one answer from the server).
-const STEP: Duration = Duration::from_secs(20);
-/// Largest element accepted from the server.
-const MAX_ELEMENT: usize = 1 << 20;
 /// Size of one socket read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -69,6 +67,20 @@ pub enum ClientError {
     Bind(String),
     #[error("stream management: {0}")]
     Sm(String),
+}
+
+impl From<NegoError> for ClientError {
+    fn from(e: NegoError) -> Self {
+        match e {
+            NegoError::Io(e) => ClientError::Io(e),
+            NegoError::Timeout(step) => ClientError::Timeout(step),
+            NegoError::Closed => ClientError::Closed,
+            NegoError::Xml(e) => ClientError::Xml(e),
+            NegoError::Stream { text, .. } => ClientError::Stream(text),
+            NegoError::Unexpected { name, during } => ClientError::Unexpected { name, during },
+            NegoError::Refused { id, .. } => ClientError::Bind(format!("request {id} refused")),
+        }
+    }
 }
 
 /// SASL mechanism to log in with.
@@ -128,22 +140,6 @@ pub fn tls_config(trust: Trust<'_>) -> Result<Arc<rustls::ClientConfig>, BenchEr
         .map_err(|e| BenchError::Tls(e.to_string()))
 }
 
-/// Escapes text for element content or an attribute value.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A logged-in stream, before it is split for the run.
 pub struct Session {
     /// The full JID the server bound.
@@ -178,7 +174,7 @@ pub async fn login(cfg: &ClientConfig, user: &str) -> Result<Session, ClientErro
     n.send(&format!("<starttls xmlns='{}'/>", ns::TLS)).await?;
     let answer = n.element().await?;
     if !answer.is("proceed", ns::TLS) {
-        return Err(unexpected(&answer, "in answer to <starttls/>"));
+        return Err(unexpected(&answer, "in answer to <starttls/>").into());
     }
     let name = ServerName::try_from(cfg.domain.clone())
         .map_err(|e| ClientError::Tls(format!("domain {:?}: {e}", cfg.domain)))?;
@@ -319,7 +315,7 @@ async fn authenticate(
                 .unwrap_or_else(|| "failure".into());
             return Err(ClientError::Auth(cond));
         } else {
-            return Err(unexpected(&el, "during authentication"));
+            return Err(unexpected(&el, "during authentication").into());
         }
     }
 }
@@ -450,139 +446,6 @@ impl SaslClient {
             Err(_) => Err(ClientError::Auth(
                 "malformed SASL data from the server".into(),
             )),
-        }
-    }
-}
-
-fn unexpected(el: &Element, during: &'static str) -> ClientError {
-    ClientError::Unexpected {
-        name: el.name().to_owned(),
-        during,
-    }
-}
-
-/// The text of a stream error, if `el` is one.
-fn stream_error(el: &Element) -> Option<String> {
-    if !el.is("error", ns::STREAM) {
-        return None;
-    }
-    let cond = el
-        .children()
-        .find(|c| c.ns() == ns::STREAMS_ERR && c.name() != "text")
-        .map(|c| c.name().to_owned())
-        .unwrap_or_else(|| "undefined-condition".into());
-    Some(format!("stream error <{cond}/>"))
-}
-
-/// Sequential negotiation on one stream.
-struct Nego<S> {
-    io: S,
-    framer: Framer,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Nego<S> {
-    fn new(io: S) -> Nego<S> {
-        Nego {
-            io,
-            framer: Framer::new(MAX_ELEMENT),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, data: &str) -> Result<(), ClientError> {
-        let io = &mut self.io;
-        match tokio::time::timeout(STEP, async {
-            io.write_all(data.as_bytes()).await?;
-            io.flush().await
-        })
-        .await
-        {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ClientError::Timeout("write")),
-        }
-    }
-
-    async fn frame(&mut self) -> Result<Frame, ClientError> {
-        loop {
-            let mut slice: &[u8] = &self.buf;
-            let before = slice.len();
-            let parsed = self.framer.next_frame(&mut slice);
-            let used = before - slice.len();
-            self.buf.drain(..used);
-            match parsed {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(e) => return Err(ClientError::Xml(format!("{e:?}"))),
-            }
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(STEP, self.io.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ClientError::Timeout("negotiation")),
-            };
-            if n == 0 {
-                return Err(ClientError::Closed);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next element; a stream error or close ends the attempt.
-    async fn element(&mut self) -> Result<Element, ClientError> {
-        loop {
-            match self.frame().await? {
-                Frame::Element(el) => {
-                    if let Some(err) = stream_error(&el) {
-                        return Err(ClientError::Stream(err));
-                    }
-                    return Ok(el);
-                }
-                Frame::StreamClose => return Err(ClientError::Closed),
-                Frame::StreamOpen(_) | Frame::Whitespace => {}
-            }
-        }
-    }
-
-    /// Opens a stream and returns its features.
-    async fn open(&mut self, domain: &str) -> Result<Element, ClientError> {
-        self.framer.reset();
-        self.send(&format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}' version='1.0'>",
-            ns::CLIENT,
-            ns::STREAM,
-            escape(domain)
-        ))
-        .await?;
-        loop {
-            match self.frame().await? {
-                Frame::StreamOpen(_) => break,
-                Frame::Whitespace => {}
-                Frame::Element(el) => {
-                    return Err(match stream_error(&el) {
-                        Some(e) => ClientError::Stream(e),
-                        None => unexpected(&el, "before the stream header"),
-                    })
-                }
-                Frame::StreamClose => return Err(ClientError::Closed),
-            }
-        }
-        let features = self.element().await?;
-        if !features.is("features", ns::STREAM) {
-            return Err(unexpected(&features, "instead of stream features"));
-        }
-        Ok(features)
-    }
-
-    /// The result for the iq with `id`.
-    async fn iq_answer(&mut self, id: &str) -> Result<Element, ClientError> {
-        loop {
-            let el = self.element().await?;
-            if el.is("iq", ns::CLIENT) && el.attr("id") == Some(id) {
-                return match el.attr("type") {
-                    Some("result") => Ok(el),
-                    _ => Err(ClientError::Bind(format!("request {id} refused"))),
-                };
-            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! acknowledgements and receipts back into the outbox; reconnection with
 //! resumption when the link drops.
 
+use crate::nego;
 use crate::outbox::Outbox;
 use crate::report::{Stored, RECEIPTS_NS};
 use crate::xmpp::{self, ConnectError, Established, Link, Params};
@@ -495,7 +496,7 @@ impl Engine<'_> {
             Frame::StreamClose => return Ok(Err(End::Lost("the server closed the stream".into()))),
             Frame::StreamOpen(_) | Frame::Whitespace => return Ok(Ok(())),
         };
-        if let Some(err) = xmpp::stream_error(&el) {
+        if let Some(err) = nego::stream_error(&el) {
             return Ok(Err(End::Lost(err)));
         }
         if el.has_ns(sm::NS) {
@@ -761,7 +762,7 @@ async fn presence_once(link: &mut Link, presence: &Element, with_sm: bool) -> Re
             Frame::StreamClose => return Err("the server closed the stream".into()),
             _ => continue,
         };
-        if let Some(err) = xmpp::stream_error(&el) {
+        if let Some(err) = nego::stream_error(&el) {
             return Err(err);
         }
         if el.is("a", sm::NS) {

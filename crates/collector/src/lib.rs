@@ -29,6 +29,7 @@
 
 mod cli;
 mod engine;
+pub mod nego;
 mod outbox;
 mod report;
 pub mod tls;

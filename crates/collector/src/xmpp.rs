@@ -7,23 +7,20 @@
 //! write to us while we write to it), and the caller writes on the other
 //! half.
 
+use crate::nego::{Nego, NegoError, STEP};
 use crate::Error;
 use base64::Engine as _;
 use minidom::Element;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
+use tributary_proto::error::escape;
 use tributary_proto::xml::{Frame, Framer};
-use tributary_proto::{ns, sm, stanza};
-
-/// Bound on each negotiation step (a server answer), and on one write.
-const STEP: Duration = Duration::from_secs(20);
-/// Largest element accepted from the server.
-const MAX_ELEMENT: usize = 1 << 20;
+use tributary_proto::{ns, sm};
 
 /// Who to log in as, where, and how to check the server.
 #[derive(Clone)]
@@ -79,9 +76,14 @@ pub enum ConnectError {
     Fatal(Error),
 }
 
-impl From<std::io::Error> for ConnectError {
-    fn from(e: std::io::Error) -> Self {
-        ConnectError::Retry(e.to_string())
+impl From<NegoError> for ConnectError {
+    fn from(e: NegoError) -> Self {
+        match e {
+            NegoError::Stream { text, fatal: true } => {
+                ConnectError::Fatal(Error::Unsupported(text))
+            }
+            other => ConnectError::Retry(other.to_string()),
+        }
     }
 }
 
@@ -259,7 +261,6 @@ pub async fn connect(
     }
 
     // Authenticated stream: resume or bind.
-    n.framer.reset();
     let features = n.open(&p.domain).await?;
     let offers_sm = features.has_child("sm", sm::NS);
     let mut failed_h = None;
@@ -367,183 +368,6 @@ fn tls_error(e: std::io::Error) -> ConnectError {
             | rustls::Error::UnsupportedNameType),
         ) => ConnectError::Fatal(Error::Tls(err.to_string())),
         _ => ConnectError::Retry(format!("TLS handshake: {e}")),
-    }
-}
-
-/// Escapes text for an attribute or element content.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The condition of a stream error element, if `el` is one.
-pub fn stream_error(el: &Element) -> Option<String> {
-    if !el.is("error", ns::STREAM) {
-        return None;
-    }
-    let cond = el
-        .children()
-        .find(|c| c.ns() == ns::STREAMS_ERR && c.name() != "text")
-        .map(|c| c.name().to_owned())
-        .unwrap_or_else(|| "undefined-condition".into());
-    let text = el
-        .get_child("text", ns::STREAMS_ERR)
-        .map(|t| format!(" ({})", t.text()))
-        .unwrap_or_default();
-    Some(format!("stream error <{cond}/>{text}"))
-}
-
-/// Sequential negotiation on one stream.
-struct Nego<S> {
-    io: S,
-    framer: Framer,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Nego<S> {
-    fn new(io: S) -> Nego<S> {
-        Nego {
-            io,
-            framer: Framer::new(MAX_ELEMENT),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, data: &str) -> Result<(), ConnectError> {
-        let io = &mut self.io;
-        match tokio::time::timeout(STEP, async {
-            io.write_all(data.as_bytes()).await?;
-            io.flush().await
-        })
-        .await
-        {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ConnectError::Retry("write timed out".into())),
-        }
-    }
-
-    async fn frame(&mut self) -> Result<Frame, ConnectError> {
-        loop {
-            let mut slice: &[u8] = &self.buf;
-            let before = slice.len();
-            let parsed = self.framer.next_frame(&mut slice);
-            let used = before - slice.len();
-            self.buf.drain(..used);
-            match parsed {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(ConnectError::Retry(format!(
-                        "unreadable data from the server: {e:?}"
-                    )))
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            let n = match tokio::time::timeout(STEP, self.io.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(ConnectError::Retry("the server did not answer".into())),
-            };
-            if n == 0 {
-                return Err(ConnectError::Retry(
-                    "connection closed by the server".into(),
-                ));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next element; a stream error or close ends the attempt.
-    async fn element(&mut self) -> Result<Element, ConnectError> {
-        loop {
-            match self.frame().await? {
-                Frame::Element(el) => {
-                    if let Some(err) = stream_error(&el) {
-                        return Err(classify_stream_error(&el, err));
-                    }
-                    return Ok(el);
-                }
-                Frame::StreamClose => {
-                    return Err(ConnectError::Retry("the server closed the stream".into()))
-                }
-                Frame::StreamOpen(_) | Frame::Whitespace => {}
-            }
-        }
-    }
-
-    /// Opens a stream and returns its features.
-    async fn open(&mut self, domain: &str) -> Result<Element, ConnectError> {
-        self.framer.reset();
-        self.send(&format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}' version='1.0'>",
-            ns::CLIENT,
-            ns::STREAM,
-            escape(domain)
-        ))
-        .await?;
-        loop {
-            match self.frame().await? {
-                Frame::StreamOpen(_) => break,
-                Frame::Whitespace => {}
-                Frame::Element(el) => {
-                    let err = stream_error(&el).unwrap_or_else(|| "no stream header".into());
-                    return Err(classify_stream_error(&el, err));
-                }
-                Frame::StreamClose => {
-                    return Err(ConnectError::Retry("the server closed the stream".into()))
-                }
-            }
-        }
-        let features = self.element().await?;
-        if !features.is("features", ns::STREAM) {
-            return Err(ConnectError::Retry(format!(
-                "expected stream features, got <{}/>",
-                features.name()
-            )));
-        }
-        Ok(features)
-    }
-
-    /// The result for the iq with `id`; an error result ends the attempt.
-    async fn iq_answer(&mut self, id: &str) -> Result<Element, ConnectError> {
-        loop {
-            let el = self.element().await?;
-            if el.is("iq", ns::CLIENT) && stanza::id(&el) == Some(id) {
-                return match stanza::stanza_type(&el) {
-                    Some("result") => Ok(el),
-                    _ => Err(ConnectError::Retry(format!(
-                        "request {id} refused: {}",
-                        stanza::to_string(&el)
-                    ))),
-                };
-            }
-        }
-    }
-}
-
-fn classify_stream_error(el: &Element, text: String) -> ConnectError {
-    let fatal = [
-        "host-unknown",
-        "invalid-namespace",
-        "unsupported-version",
-        "not-authorized",
-    ];
-    if el
-        .children()
-        .any(|c| c.ns() == ns::STREAMS_ERR && fatal.contains(&c.name()))
-    {
-        ConnectError::Fatal(Error::Unsupported(text))
-    } else {
-        ConnectError::Retry(text)
     }
 }
 

@@ -5,7 +5,7 @@
 use super::{
     go_online, parse_id, stanza_id, until_start, Errors, Fleet, Lines, Seen, CLOSE_WAIT, MAX_BATCH,
 };
-use crate::client::{self, escape, Duplex, Incoming, Wake};
+use crate::client::{self, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Window};
 use crate::{BenchError, Ctx, RunReport, GRACE};
 use minidom::Element;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tributary_proto::error::escape;
 use tributary_proto::ns;
 
 #[derive(Default)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tributary_proto::error::escape;
 
 /// Logins in flight at once while the clients of a run connect.
 pub(crate) const LOGIN_CONCURRENCY: usize = 64;
@@ -119,7 +120,7 @@ pub(crate) async fn go_online(
     d.send_stanza("<presence/>");
     d.send_stanza(&format!(
         "<iq type='get' id='bench-online' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
-        crate::client::escape(domain)
+        escape(domain)
     ));
     let deadline = Instant::now() + limit;
     loop {

@@ -11,7 +11,7 @@
 //! confirmed; *processed* latencies then count from the processor's start.
 
 use super::{parse_id, stanza_id, until_start, Errors, Fleet, Lines, CLOSE_WAIT, MAX_BATCH};
-use crate::client::{self, escape, ClientError, Duplex, Incoming, Wake};
+use crate::client::{self, ClientError, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Recorder, Window};
 use crate::{BenchError, Ctx, RunReport, Scenario, GRACE};
 use minidom::Element;
@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use tributary_proto::error::escape;
 use tributary_proto::sm;
 
 /// With reports written but not yet covered by `<a h/>` and no `<r/>`
