@@ -275,15 +275,7 @@ async fn offline_message_is_delivered_at_next_login() {
     send(&mut alice, "<message xmlns='jabber:client' type='chat' to='bob@localhost' id='off1'><body>while you were away</body></message>").await;
     // Wait until it is stored, then bob logs in.
     within(async {
-        while server
-            .running
-            .node
-            .store
-            .offline_count("bob")
-            .await
-            .expect("count")
-            == 0
-        {
+        while server.offline_count("bob").await == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
@@ -299,16 +291,7 @@ async fn offline_message_is_delivered_at_next_login() {
         got.has_child("delay", "urn:xmpp:delay"),
         "offline message carries a delay stamp"
     );
-    assert_eq!(
-        server
-            .running
-            .node
-            .store
-            .offline_count("bob")
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(server.offline_count("bob").await, 0);
 }
 
 #[tokio::test]

@@ -77,22 +77,35 @@ async fn roundtrip(raw: &mut Raw, h: &mut u32) {
     }
 }
 
+/// Waits (5 s at most) until the session of `user/resource` has lost its
+/// link and is held for resumption.
+async fn detached(server: &TestServer, user: &str, resource: &str) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !server
+            .running
+            .node
+            .router
+            .session(user, resource)
+            .is_some_and(|s| s.hibernating)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("session detached");
+}
+
 /// Waits until `user` has `n` offline messages, then checks no more come.
 async fn offline_settles_at(server: &TestServer, user: &str, n: usize) {
-    let store = &server.running.node.store;
     tokio::time::timeout(Duration::from_secs(15), async {
-        while store.offline_count(user).await.expect("count") < n {
+        while server.offline_count(user).await < n {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("offline messages stored");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        store.offline_count(user).await.expect("count"),
-        n,
-        "stored exactly once"
-    );
+    assert_eq!(server.offline_count(user).await, n, "stored exactly once");
 }
 
 /// Logs in fresh, goes available and returns the bodies of the messages
@@ -275,19 +288,7 @@ async fn vanished_client_messages_go_offline_exactly_once_and_resume_then_fails(
     alice_sends(&server, "bob@localhost/raw", "lost-1").await;
     alice_sends(&server, "bob@localhost/raw", "lost-2").await;
     // Detected as dead and detached within idle_ping + dead_after.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !server
-            .running
-            .node
-            .router
-            .session("bob", "raw")
-            .is_some_and(|s| s.hibernating)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("session detached");
+    detached(&server, "bob", "raw").await;
     alice_sends(&server, "bob@localhost/raw", "held-3").await;
     offline_settles_at(&server, "bob", 3).await;
 
@@ -329,19 +330,7 @@ async fn bare_jid_message_goes_to_the_live_resource_and_is_never_stored_again() 
     let mut dh = 0;
     roundtrip(&mut desk, &mut dh).await;
     proxy.cut();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !server
-            .running
-            .node
-            .router
-            .session("bob", "raw")
-            .is_some_and(|s| s.hibernating)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("phone detached");
+    detached(&server, "bob", "raw").await;
 
     // Despite its higher priority, the detached phone is passed over.
     alice_sends(&server, "bob@localhost", "to-bare").await;
@@ -361,16 +350,7 @@ async fn bare_jid_message_goes_to_the_live_resource_and_is_never_stored_again() 
     .await
     .expect("phone session expired");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        server
-            .running
-            .node
-            .store
-            .offline_count("bob")
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(server.offline_count("bob").await, 0);
 }
 
 #[tokio::test]
@@ -385,19 +365,7 @@ async fn bare_jid_message_with_only_a_detached_resource_is_held_then_stored_once
     let mut h = 0;
     sync(&mut phone, &mut h).await;
     proxy.blackhole();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !server
-            .running
-            .node
-            .router
-            .session("bob", "raw")
-            .is_some_and(|s| s.hibernating)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("phone detached");
+    detached(&server, "bob", "raw").await;
     alice_sends(&server, "bob@localhost", "held").await;
     offline_settles_at(&server, "bob", 1).await;
     assert_eq!(fresh_login_bodies(&server, "bob", "b", 1).await, ["held"]);

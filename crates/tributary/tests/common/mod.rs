@@ -74,6 +74,16 @@ impl TestServer {
         self.running.c2s.expect("c2s listener").to_string()
     }
 
+    /// Messages the store holds for `user` while they are offline.
+    pub async fn offline_count(&self, user: &str) -> usize {
+        self.running
+            .node
+            .store
+            .offline_count(user)
+            .await
+            .expect("offline count")
+    }
+
     pub fn component(&self) -> String {
         self.running
             .component
