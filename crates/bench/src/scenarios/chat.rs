@@ -3,7 +3,8 @@
 //! the receiver, from the scheduled send time carried in the body.
 
 use super::{
-    go_online, parse_id, stanza_id, until_start, Errors, Fleet, Lines, Seen, CLOSE_WAIT, MAX_BATCH,
+    go_online, parse_id, stanza_id, until_start, wait_until, Errors, Fleet, Lines, Seen,
+    CLOSE_WAIT, MAX_BATCH,
 };
 use crate::client::{self, Duplex, Incoming, Wake};
 use crate::stats::{Latencies, Outcome, Window};
@@ -66,12 +67,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>) -> Result<RunReport, BenchError> {
     let deadline = start + schedule.end() + GRACE;
     fleet.done_by(deadline).await;
     let c = &shared.counters;
-    while Instant::now() < deadline
-        && c.received.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
-            < c.sent.load(Ordering::Relaxed)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(deadline, || {
+        c.received.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
+            >= c.sent.load(Ordering::Relaxed)
+    })
+    .await;
     let resources = window.close();
     fleet.stop().await?;
     shared.errors.log();
