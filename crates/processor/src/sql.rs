@@ -105,8 +105,11 @@ impl SqlProcessor {
                         // (`bench report`, 5,000/s for 30 s, on a database
                         // of 1.3 million reports: 2,875 -> 1,245 MB written
                         // and 13 % less CPU). Each checkpoint holds up the
-                        // commit that makes it for longer, which left the
-                        // p99 of 10,000/s unchanged (bench/README.md).
+                        // commit that makes it; those holds are the p99 of
+                        // 10,000/s (24 ms without checkpoints, ~50-90 with),
+                        // but made on a connection of their own they never
+                        // catch up with a steady load and the log grows
+                        // without bound (bench/README.md).
                         for pragma in [
                             "PRAGMA journal_mode=WAL",
                             "PRAGMA synchronous=FULL",
