@@ -29,7 +29,8 @@ pub enum NegoError {
     #[error("unreadable data from the server: {0}")]
     Xml(String),
     /// A stream error from the server; `fatal` when its condition says
-    /// that trying again cannot help (see [`is_fatal`]).
+    /// that trying again cannot help (host-unknown, invalid-namespace,
+    /// unsupported-version, not-authorized).
     #[error("{text}")]
     Stream { text: String, fatal: bool },
     #[error("unexpected <{name}/> {during}")]
