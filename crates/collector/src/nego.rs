@@ -122,8 +122,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nego<S> {
                 Frame::StreamOpen(_) => break,
                 Frame::Whitespace => {}
                 Frame::Element(el) => {
-                    check_stream_error(el)
-                        .and_then(|el| Err(unexpected(&el, "before the stream header")))?;
+                    let el = check_stream_error(el)?;
+                    return Err(unexpected(&el, "before the stream header"));
                 }
                 Frame::StreamClose => return Err(NegoError::Closed),
             }
