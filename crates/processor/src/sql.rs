@@ -98,24 +98,26 @@ impl SqlProcessor {
                         // journal, which past 64 KiB spills to a temporary
                         // file: in memory it costs no writes (5.5 % of the
                         // processor's time in a drain of such batches).
-                        // Checkpoints every 10,000 WAL pages (~40 MiB)
+                        // Checkpoints every 3,000 WAL pages (~12 MiB)
                         // rather than SQLite's 1,000: a leaf of that index
                         // is rewritten by many commits, and a checkpoint
-                        // copies it to the file once however often it was
-                        // (`bench report`, 5,000/s for 30 s, on a database
-                        // of 1.3 million reports: 2,875 -> 1,245 MB written
-                        // and 13 % less CPU). Each checkpoint holds up the
-                        // commit that makes it; those holds are the p99 of
-                        // 10,000/s (24 ms without checkpoints, ~50-90 with),
-                        // but made on a connection of their own they never
-                        // catch up with a steady load and the log grows
-                        // without bound (bench/README.md).
+                        // copies it to the file once however often it was.
+                        // Each checkpoint holds up the commit that makes
+                        // it, and those holds are the p99 of a heavy load,
+                        // so not more: on a database of 1.3 million
+                        // reports, at 10,000/s p99 processed was 39-41 ms
+                        // against 46-56 at 10,000 pages (and 35-39 at
+                        // 1,000), for 7 % more CPU and 2.9 GB written
+                        // against 1.9 (4.3 at 1,000); at 5,000/s 23-24
+                        // against 20 ms. Made on a connection of their own
+                        // they never catch up with a steady load and the
+                        // log grows without bound (bench/README.md).
                         for pragma in [
                             "PRAGMA journal_mode=WAL",
                             "PRAGMA synchronous=FULL",
                             "PRAGMA cache_size=-65536",
                             "PRAGMA temp_store=MEMORY",
-                            "PRAGMA wal_autocheckpoint=10000",
+                            "PRAGMA wal_autocheckpoint=3000",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
